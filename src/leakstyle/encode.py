@@ -1,0 +1,77 @@
+"""Between pixels and the model's own space: VAE latents for latent models, pixels in [-1, 1] otherwise.
+
+Latents follow the diffusers convention: z = (latent_dist.mode() - shift_factor) * scaling_factor
+(shift_factor only where the VAE config has one, e.g. SD3/Flux).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import LeakstyleError
+
+
+def vae_of(pipe):
+    """The pipeline's VAE, or None for pixel-space models (UNet2DModel + scheduler)."""
+    return getattr(pipe, "vae", None) if pipe is not None else None
+
+
+def vae_factors(vae) -> tuple[float, float]:
+    """(scaling_factor, shift_factor) of a VAE config (shift 0 where the config has none)."""
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+@torch.no_grad()
+def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] in model units (no sampling: the mode)."""
+    scaling, shift = vae_factors(vae)
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    return (vae.encode(pixels).latent_dist.mode() - shift) * scaling
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, C, h, w] in model units -> pixels [B, 3, H, W] in [-1, 1] (clamped)."""
+    scaling, shift = vae_factors(vae)
+    latents = latents.to(device=vae.device, dtype=vae.dtype)
+    return vae.decode(latents / scaling + shift).sample.clamp(-1, 1)
+
+
+def parse_color(color: str) -> tuple[int, int, int]:
+    """'#rrggbb' (or 'rrggbb', '#rgb') -> (r, g, b) in 0..255."""
+    m = re.fullmatch(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})", color.strip())
+    if not m:
+        raise LeakstyleError(f"colour {color!r} is not of the form '#rrggbb'")
+    h = m.group(1)
+    if len(h) == 3:
+        h = "".join(c * 2 for c in h)
+    return tuple(int(h[i:i + 2], 16) for i in (0, 2, 4))
+
+
+def to_hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(min(max(float(c), 0), 255))):02x}" for c in rgb)
+
+
+def color_to_model_units(pipe, color: str | tuple[int, int, int], size: int = 64) -> torch.Tensor:
+    """The per-channel mean [C] that a flat image of `color` has in the model's space.
+
+    Latent models: encode a flat size x size image of that colour and average the latent."""
+    rgb = parse_color(color) if isinstance(color, str) else tuple(color)
+    pixels = torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1.0
+    vae = vae_of(pipe)
+    if vae is None:
+        return pixels
+    flat = pixels.view(1, 3, 1, 1).expand(1, 3, size, size)
+    return encode(vae, flat).float().mean((0, 2, 3)).cpu()
+
+
+def model_units_to_rgb(vae, channel_means: torch.Tensor, size: int = 8) -> tuple[int, int, int]:
+    """The mean RGB colour (0..255) a flat latent of `channel_means` [C] decodes to (pixels as-is without VAE)."""
+    if vae is None:
+        pixels = channel_means.float().view(-1)[:3]
+    else:
+        flat = channel_means.float().view(1, -1, 1, 1).expand(1, -1, size, size)
+        pixels = decode(vae, flat).float().mean((0, 2, 3)).cpu()
+    return tuple(int(round(v)) for v in ((pixels.clamp(-1, 1) + 1) * 127.5).tolist())

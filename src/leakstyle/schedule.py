@@ -1,0 +1,95 @@
+"""The signal leak of a noise schedule at the first inference step.
+
+Training corrupts x_0 as x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, and at the last step abar_T
+is not zero (Stable Diffusion: sqrt(abar_999) = 0.068265). Signal-leak sampling starts inference from
+x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps, with T the first timestep of the inference schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+# Below this abar_T the leaked signal is numerically nothing (zero-terminal-SNR schedules set it to 2**-24).
+ZERO_SNR_ABAR = 1e-6
+
+
+class ZeroTerminalSNRWarning(UserWarning):
+    """The schedule leaks no signal at its first step, so signal-leak sampling cannot act."""
+
+
+ZERO_SNR_EXPLANATION = (
+    "this scheduler has zero terminal SNR (abar_T = 0: rescale_betas_zero_snr or flow matching), so no signal "
+    "leaks into x_T and signal-leak sampling cannot change the image; use Diffusion in Style "
+    "(leakstyle finetune), which still works, or a scheduler without rescale_betas_zero_snr"
+)
+
+
+@dataclass(frozen=True)
+class Leak:
+    """The first inference step of a scheduler and what it means for the initial latent.
+
+    The UNet receives `input_scale * latents` at the first step, where `latents` is what a pipeline is
+    given as `latents=` (it multiplies by `init_noise_sigma`, then `scale_model_input` scales).
+    """
+
+    T: int
+    abar_T: float
+    input_scale: float
+
+    @property
+    def sqrt_abar_T(self) -> float:
+        return math.sqrt(self.abar_T)
+
+    @property
+    def sqrt_one_minus_abar_T(self) -> float:
+        return math.sqrt(1.0 - self.abar_T)
+
+    @property
+    def has_leak(self) -> bool:
+        return self.abar_T > ZERO_SNR_ABAR
+
+
+def betas_scaled_linear(beta_start: float = 0.00085, beta_end: float = 0.012, T: int = 1000) -> torch.Tensor:
+    """Stable Diffusion's "scaled_linear" betas: linspace(sqrt(beta_start), sqrt(beta_end), T)^2."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """abar_t = prod_{s <= t} (1 - beta_s)."""
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def abar_from_sigma(sigma: float) -> float:
+    """Sigma schedulers keep x = x_0 + sigma eps; dividing by sqrt(sigma^2 + 1) gives abar = 1 / (1 + sigma^2)."""
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+def leak_at_first_step(scheduler, num_inference_steps: int, warn: bool = True) -> Leak:
+    """Find T, abar_T and the UNet input scale of `scheduler` run for `num_inference_steps` steps.
+
+    Works on a copy, so the caller's scheduler is untouched. VP schedulers (DDIM, PNDM, DDPM, UniPC, LCM)
+    read abar_T = alphas_cumprod[T]; schedulers that keep sigmas (Euler, LMS, Heun, DPM-Solver) read it from
+    sigma_T, which is what their update uses (the two agree wherever T is an integer timestep).
+    """
+    scheduler = copy.deepcopy(scheduler)
+    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    t0 = scheduler.timesteps[0]
+    T = int(round(float(t0)))
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) > 0 and hasattr(scheduler, "alphas_cumprod"):
+        abar_T = abar_from_sigma(float(sigmas[0]))
+    elif hasattr(scheduler, "alphas_cumprod"):
+        abar_T = float(scheduler.alphas_cumprod[T])
+    else:  # flow matching: x_1 is pure noise by construction
+        abar_T = 0.0
+    scaled = scheduler.scale_model_input(torch.ones(1, dtype=torch.float64), t0)
+    input_scale = float(scheduler.init_noise_sigma) * float(scaled.reshape(-1)[0])
+    leak = Leak(T=T, abar_T=abar_T, input_scale=input_scale)
+    if warn and not leak.has_leak:
+        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+    return leak

@@ -1,0 +1,44 @@
+"""Scheduler names in the A1111/diffusers vocabulary, built from a pipeline's own scheduler config."""
+
+from __future__ import annotations
+
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, LMSDiscreteScheduler,
+                       PNDMScheduler, UniPCMultistepScheduler)
+
+from .errors import LeakstyleError
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"use_karras_sigmas": False}),
+    "dpm++2m-karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+}
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def make_scheduler(name: str, config, timestep_spacing: str | None = None):
+    """A scheduler called `name` with the noise schedule of `config` (the model's own scheduler config)."""
+    if name not in SCHEDULERS:
+        raise LeakstyleError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    if timestep_spacing is not None:
+        if timestep_spacing not in SPACINGS:
+            raise LeakstyleError(f"unknown timestep spacing {timestep_spacing!r}; choose one of {', '.join(SPACINGS)}")
+        overrides = {**overrides, "timestep_spacing": timestep_spacing}
+    return cls.from_config(config, **overrides)
+
+
+def scheduler_name(scheduler) -> str:
+    """The vocabulary name of a scheduler object (its class name when it has none)."""
+    for name, (cls, overrides) in SCHEDULERS.items():
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return name
+    return type(scheduler).__name__
