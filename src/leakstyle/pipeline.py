@@ -53,7 +53,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | None = N
     elif str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
         raise LeakstyleError(f"no model folder {model}; give a local diffusers folder or a hub id like org/name")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(model), torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype)
     except Exception as e:  # diffusers/hub raise many types; the user needs the one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None

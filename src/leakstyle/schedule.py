@@ -87,8 +87,9 @@ def leak_at_first_step(scheduler, num_inference_steps: int, warn: bool = True) -
         abar_T = float(scheduler.alphas_cumprod[T])
     else:  # flow matching: x_1 is pure noise by construction
         abar_T = 0.0
-    scaled = scheduler.scale_model_input(torch.ones(1, dtype=torch.float64), t0)
-    input_scale = float(scheduler.init_noise_sigma) * float(scaled.reshape(-1)[0])
+    input_scale = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    if hasattr(scheduler, "scale_model_input"):
+        input_scale *= float(scheduler.scale_model_input(torch.ones(1, dtype=torch.float64), t0).reshape(-1)[0])
     leak = Leak(T=T, abar_T=abar_T, input_scale=input_scale)
     if warn and not leak.has_leak:
         warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
