@@ -14,7 +14,7 @@ from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
 from .images import ImageBatches, digest_paths, list_images, parse_resolution
-from .leak import latent_shape
+from .leak import image_size
 from .moments import Moments
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
@@ -28,13 +28,12 @@ def model_name(pipe) -> str:
     return str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
 
 
-def default_resolution(pipe, space: str) -> tuple[int, int]:
+def default_resolution(pipe) -> tuple[int, int]:
     """The model's native image size (width, height) in pixels."""
     if pipe is None:
         raise LeakstyleError("give --resolution when fitting pixel statistics without a model")
-    _, h, w = latent_shape(pipe, None, None)
-    factor = 1 if vae_of(pipe) is None else 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return w * factor, h * factor
+    height, width = image_size(pipe)
+    return width, height
 
 
 def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
@@ -61,7 +60,7 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     if len(paths) < MIN_IMAGES:
         raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
     if resolution is None:
-        width, height = default_resolution(pipe, space)
+        width, height = default_resolution(pipe)
     elif isinstance(resolution, tuple):
         width, height = resolution
     else:

@@ -21,18 +21,26 @@ def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak) -> torch.Tensor:
     return leak.sqrt_abar_T * x_tilde + leak.sqrt_one_minus_abar_T * eps
 
 
+def vae_factor(pipe) -> int:
+    """How many pixels one latent element spans per side (1 for pixel-space models)."""
+    vae = getattr(pipe, "vae", None)
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+
+def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels: as given, or the model's native size."""
+    sample_size = pipe.unet.config.sample_size
+    sample_size = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+    return height or sample_size[0] * vae_factor(pipe), width or sample_size[1] * vae_factor(pipe)
+
+
 def latent_shape(pipe, height: int | None, width: int | None) -> tuple[int, int, int]:
     """(C, h, w) of the initial latent for an image of height x width pixels (the model's default size if None)."""
-    unet = pipe.unet
-    sample_size = unet.config.sample_size
-    sample_size = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
-    vae = getattr(pipe, "vae", None)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-    height = height or sample_size[0] * factor
-    width = width or sample_size[1] * factor
+    factor = vae_factor(pipe)
+    height, width = image_size(pipe, height, width)
     if height % factor or width % factor:
         raise LeakstyleError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
-    return unet.config.in_channels, height // factor, width // factor
+    return pipe.unet.config.in_channels, height // factor, width // factor
 
 
 def noise(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:

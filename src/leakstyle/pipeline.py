@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .distribution import StyleDistribution
-from .encode import color_to_model_units, vae_of
+from .encode import color_to_model_units
 from .errors import LeakstyleError
-from .leak import initial_latents
+from .leak import image_size, initial_latents
 from .schedulers import make_scheduler
 
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
@@ -110,8 +110,7 @@ def generate(pipe, prompt: str | None = None, style: StyleDistribution | None = 
     if prompt is None:
         raise LeakstyleError("this model is text-to-image: give a prompt")
     pipe.set_progress_bar_config(disable=not progress, leave=False)
-    _, h, w = latents.shape[1:]
-    factor = 2 ** (len(vae_of(pipe).config.block_out_channels) - 1)
+    height, width = image_size(pipe, height, width)
     return pipe(prompt=[prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                height=h * factor, width=w * factor, generator=generators).images
+                height=height, width=width, generator=generators).images

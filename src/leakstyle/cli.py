@@ -1,0 +1,281 @@
+"""The `leakstyle` command: a thin layer over the Python API.
+
+User errors print one line, `leakstyle: error: ...`, and exit with status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import LeakstyleError
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Refuse before any work starts when `path` exists (without --force) or cannot be written."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise LeakstyleError(f"{path} already exists; pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise LeakstyleError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise LeakstyleError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a style file, or of an official folder's stats.safetensors."""
+    path = Path(path)
+    target = path / "stats.safetensors" if path.is_dir() else path
+    return hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+# -- fit ---------------------------------------------------------------------------------------------
+def cmd_fit(args) -> int:
+    from .fit import fit
+    from .pipeline import load_pipeline
+
+    check_output(Path(args.output), args.force)
+    pipe = None
+    if args.space != "pixel" or args.resolution is None or args.model is not None:
+        pipe = load_pipeline(args.model, device=args.device)
+    style = fit(args.images, pipe=pipe, kind=args.type, components=args.components, resolution=args.resolution,
+                space=args.space, random_crop=args.random_crop, flip=args.flip, batch_size=args.batch_size,
+                seed=args.seed, strict=args.strict, progress=not args.quiet)
+    style.save(args.output, format=args.format, force=args.force)
+    print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.output}")
+    return 0
+
+
+# -- generate ----------------------------------------------------------------------------------------
+def png_bytes(image, parameters: dict) -> bytes:
+    """PNG with the generation parameters in text chunks: `parameters` (A1111-style) and `leakstyle` (JSON)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    a1111 = (f"{parameters['prompt']}\nNegative prompt: {parameters.get('negative_prompt') or ''}\n"
+             f"Steps: {parameters['steps']}, Sampler: {parameters['scheduler']}, CFG scale: {parameters['guidance']}, "
+             f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, Model: {parameters['model']}")
+    info.add_text("parameters", a1111)
+    info.add_text("leakstyle", json.dumps(parameters, sort_keys=True))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .encode import color_to_model_units
+    from .files import load, write_atomic
+    from .leak import image_size, latent_shape
+    from .pipeline import generate, load_pipeline
+    from .schedule import ZERO_SNR_EXPLANATION, leak_at_first_step
+    from .schedulers import make_scheduler, scheduler_name
+
+    if not 0.0 <= args.strength <= 1.0:
+        raise LeakstyleError(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.num_images < 1 or args.steps < 1:
+        raise LeakstyleError("--num-images and --steps must be at least 1")
+    style = load(args.style) if args.style else None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LeakstyleError(f"{out} is a file; --out needs a folder")
+    names = [f"{i:04d}-seed{args.seed + i}" for i in range(args.num_images)]
+    targets = [out / f"{n}.png" for n in names] + ([out / f"{n}-baseline.png" for n in names] if args.baseline else [])
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.force:
+        raise LeakstyleError(f"{existing[0]} already exists; pass --force to overwrite, or choose another --out")
+
+    pipe = load_pipeline(args.model, device=args.device)
+    if args.scheduler:
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    if (style is not None or args.color) and not leak_at_first_step(pipe.scheduler, args.steps, warn=False).has_leak:
+        raise LeakstyleError(ZERO_SNR_EXPLANATION)
+    C, _, _ = latent_shape(pipe, args.height, args.width)
+    if style is not None and style.channels != C:
+        raise LeakstyleError(f"{args.style} has {style.channels} channels but this model's latents have {C}; "
+                             f"fit the style with this model")
+    color = color_to_model_units(pipe, args.color) if args.color else None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LeakstyleError(f"cannot create {out}: {e.strerror}") from None
+
+    height, width = image_size(pipe, args.height, args.width)
+    common = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
+                  progress=not args.quiet)
+    runs = [("", style, color)] + ([("-baseline", None, None)] if args.baseline else [])
+    params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                  scheduler=scheduler_name(pipe.scheduler), guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"),
+                  height=height, width=width, leakstyle_version=__version__)
+    style_params = dict(style=str(args.style) if args.style else None,
+                        style_sha256=file_digest(args.style) if args.style else None,
+                        color=args.color, strength=args.strength if (args.style or args.color) else None)
+    for suffix, run_style, run_color in runs:
+        with torch.inference_mode():
+            images = generate(pipe, style=run_style, color=run_color, strength=args.strength, **common)
+        for i, image in enumerate(images):
+            p = {**params, "seed": args.seed + i, "baseline": bool(suffix),
+                 **(style_params if not suffix else dict(style=None, style_sha256=None, color=None, strength=None))}
+            write_atomic(out / f"{names[i]}{suffix}.png", png_bytes(image, p), force=True)
+    print(f"wrote {len(targets)} images to {out}")
+    return 0
+
+
+# -- inspect, convert, merge -------------------------------------------------------------------------
+def swatch(rgb) -> str:
+    r, g, b = rgb
+    return f"\x1b[48;2;{r};{g};{b}m      \x1b[0m" if sys.stdout.isatty() else ""
+
+
+def cmd_inspect(args) -> int:
+    from .encode import model_units_to_rgb, to_hex, vae_of
+    from .files import load
+
+    style = load(args.file)
+    m = style.metadata
+    print(f"file:        {args.file}")
+    print(f"type:        {style.kind}" + (f" ({style.components} low-frequency components: "
+                                          f"{', '.join(f'({u},{v})' for u, v in style.lf_indices.tolist())})" if style.kind == "dct" else ""))
+    print(f"space:       {m.get('space') or 'unknown (official file)'}")
+    print(f"shape:       {style.channels} x {style.height} x {style.width}")
+    print(f"images:      {style.image_count if style.image_count is not None else 'unknown'}")
+    for key in ("model", "resolution", "scaling_factor", "shift_factor", "source_digest", "leakstyle_version"):
+        if m.get(key):
+            print(f"{key + ':':<13}{m[key]}")
+    means = style.channel_means()
+    print(f"channel means: [{', '.join(f'{v:.4f}' for v in means.tolist())}]")
+    if args.model is not None or m.get("space") == "pixel":
+        vae = None
+        if m.get("space") != "pixel":
+            from .pipeline import load_pipeline
+            vae = vae_of(load_pipeline(args.model, device=args.device))
+        if vae is not None and vae.config.latent_channels != style.channels:
+            raise LeakstyleError(f"the model's VAE has {vae.config.latent_channels} latent channels, the style {style.channels}")
+        rgb = model_units_to_rgb(vae, means)
+        print(f"mean colour: {to_hex(rgb)} rgb{rgb} {swatch(rgb)}".rstrip())
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .files import convert
+
+    dst = convert(args.input, args.output, to=args.to, force=args.force)
+    print(f"wrote {dst}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .files import load
+    from .fit import merge
+
+    check_output(Path(args.output), args.force)
+    style = merge([load(f) for f in args.files])
+    style.save(args.output, force=args.force)
+    print(f"merged {len(args.files)} files ({style.image_count} images) -> {args.output}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .schedulers import SCHEDULERS
+
+    p = argparse.ArgumentParser(prog="leakstyle", description="Control style, brightness and colour of diffusion "
+                                "models through the noise they start from (signal-leak sampling).")
+    p.add_argument("--version", action="version", version=f"leakstyle {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(q, model=True):
+        if model:
+            q.add_argument("--model", help="diffusers folder or hub id (default: the embedded miniature model)")
+        q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+        q.add_argument("--force", action="store_true", help="overwrite existing outputs")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    f = sub.add_parser("fit", help="fit style statistics to a few images")
+    f.add_argument("images", nargs="+", help="image files and/or folders")
+    f.add_argument("-o", "--output", required=True, help="output .safetensors file (or folder with --format official)")
+    f.add_argument("--space", choices=("latent", "pixel"), default=None, help="default: latent for models with a VAE")
+    f.add_argument("--type", choices=("pixel", "dct"), default="dct", help="statistic type (default dct)")
+    f.add_argument("--components", type=int, default=3, help="low-frequency DCT components for --type dct (default 3)")
+    f.add_argument("--resolution", default=None, help="R or WxH in pixels (default: the model's native size)")
+    f.add_argument("--random-crop", action="store_true")
+    f.add_argument("--flip", action="store_true")
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping it")
+    f.add_argument("--format", choices=("leakstyle", "official"), default="leakstyle")
+    common(f)
+    f.set_defaults(func=cmd_fit)
+
+    g = sub.add_parser("generate", help="generate images starting from a signal leak")
+    g.add_argument("--prompt", default=None)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--style", default=None, help="style file or official folder")
+    g.add_argument("--color", default=None, help="mean colour of the image, '#rrggbb'")
+    g.add_argument("--strength", type=float, default=1.0, help="0..1: how strongly --color replaces the low frequencies")
+    g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None)
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--baseline", action="store_true", help="also write the pure-noise image for each seed")
+    g.add_argument("--out", required=True, help="output folder")
+    common(g)
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("inspect", help="print what a style file holds")
+    i.add_argument("file")
+    common(i)
+    i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("convert", help="convert between official folders and leakstyle files")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--to", choices=("official", "leakstyle"), required=True)
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=cmd_convert)
+
+    m = sub.add_parser("merge", help="merge style files fitted apart on shards of one image set")
+    m.add_argument("files", nargs="+")
+    m.add_argument("-o", "--output", required=True)
+    m.add_argument("--force", action="store_true")
+    m.set_defaults(func=cmd_merge)
+    return p
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"leakstyle: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = show_warning
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return args.func(args)
+    except LeakstyleError as e:
+        print(f"leakstyle: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leakstyle: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
