@@ -188,6 +188,20 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    import time
+
+    from .demo import run_demo
+    from .pipeline import load_pipeline
+
+    start = time.perf_counter()
+    pipe = load_pipeline(args.model, device=args.device)
+    index = run_demo(pipe, Path(args.out), model_name=str(args.model or "leakstyle mini-sd (embedded)"), steps=args.steps,
+                     n=args.n, force=args.force, progress=not args.quiet)
+    print(f"demo written in {time.perf_counter() - start:.0f} s: {index.resolve()}")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .schedulers import SCHEDULERS
@@ -249,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--to", choices=("official", "leakstyle"), required=True)
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_convert)
+
+    d = sub.add_parser("demo", help="the whole method on one page (offline, about a minute on a CPU)")
+    d.add_argument("--out", default="leakstyle-demo", help="output folder (default leakstyle-demo/)")
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("-n", type=int, default=48, help="images per set in the mean-colour plot")
+    common(d)
+    d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("merge", help="merge style files fitted apart on shards of one image set")
     m.add_argument("files", nargs="+")

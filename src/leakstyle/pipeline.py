@@ -85,15 +85,20 @@ def run_pixel_model(pipe, latents: torch.Tensor, num_inference_steps: int, gener
     return to_pil(x)
 
 
-def generate(pipe, prompt: str | None = None, style: StyleDistribution | None = None, color=None,
+def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
              width: int | None = None, scheduler: str | None = None, progress: bool = False) -> list[Image.Image]:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
+    `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
+
     `color` is '#rrggbb' or per-channel model units [C]; `scheduler` a name from schedulers.SCHEDULERS
     (the pipeline's own scheduler if None). With neither style nor colour this is plain pure-noise sampling.
     """
+    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is not None:
+        num_images = len(prompts)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     if isinstance(color, str):
@@ -111,6 +116,6 @@ def generate(pipe, prompt: str | None = None, style: StyleDistribution | None = 
         raise LeakstyleError("this model is text-to-image: give a prompt")
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     height, width = image_size(pipe, height, width)
-    return pipe(prompt=[prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
+    return pipe(prompt=prompts or [prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
                 height=height, width=width, generator=generators).images
