@@ -106,6 +106,9 @@ class StyleDistribution:
                 )
             if self.lf_indices.ndim != 2 or self.lf_indices.shape[1] != 2:
                 raise StyleFileError(f"low-frequency indices must be [n, 2], got {list(self.lf_indices.shape)}")
+            u, v = self.lf_indices[:, 0], self.lf_indices[:, 1]
+            if ((u < 0) | (u >= self.height) | (v < 0) | (v >= self.width)).any():
+                raise StyleFileError(f"low-frequency indices lie outside the {self.height}x{self.width} frequency grid")
             tensors.update({"low-frequency mean": self.lf_mean, "low-frequency covariance": self.lf_cov})
         for name, t in tensors.items():
             if not torch.isfinite(t).all():
@@ -141,14 +144,15 @@ class StyleDistribution:
     def as_dct(self) -> "StyleDistribution":
         """A pixel statistic rewritten with its DC component split off (n = 1), so its mean colour can be set.
 
-        The DC coefficient of x = mu + sigma eps has mean sqrt(HW) mean(mu) and variance mean(sigma^2) per
-        channel; the remainder keeps mu minus its channel mean and sigma^2 (exact up to O(1/HW))."""
+        x = mu + sigma eps = IDCT(DC) + (mu - mean(mu)) + sigma eps with DC = sqrt(HW) mean(mu) fixed: an exact
+        rewrite. The DC keeps zero covariance because sigma eps, sampled as the remainder, already carries
+        the DC variance mean(sigma^2); giving the DC that variance as well would count it twice."""
         if self.kind == "dct":
             return self
         mean = self.mean.double()
         channel_mean = mean.mean((1, 2))
         lf_mean = math.sqrt(self.height * self.width) * channel_mean
-        lf_cov = torch.diag(self.var.double().mean((1, 2)))
+        lf_cov = torch.zeros(self.channels, self.channels)
         hf_mean = mean - channel_mean[:, None, None]
         return StyleDistribution("dct", hf_mean.float(), self.var.clone(), torch.zeros(1, 2, dtype=torch.int64),
                                  lf_mean.float(), lf_cov.float(), dict(self.metadata))
