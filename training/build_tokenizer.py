@@ -7,6 +7,8 @@ zip. The vocabulary is built exactly as CLIP's ``SimpleTokenizer`` does: the 256
 ``<|endoftext|>``: 49408 tokens. ``model_max_length`` is 77, like every SD 1.x tokenizer.
 
     python -m training.build_tokenizer [--out training/runs/tokenizer] [--wheel W.whl | --bpe F.txt.gz]
+
+The wheel is cached in training/data/wheels/.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import gzip
 import json
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ N_MERGES = 49152 - 256 - 2  # the merges CLIP uses: lines 1 .. 48894 of the file
 MODEL_MAX_LENGTH = 77
 CHECK_TEXT, CHECK_IDS = "a photo of a cat", [49406, 320, 1125, 539, 320, 2368, 49407]
 DEFAULT_OUT = Path(__file__).resolve().parent / "runs" / "tokenizer"
+WHEEL_CACHE = Path(__file__).resolve().parent / "data" / "wheels"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -63,7 +65,7 @@ def bpe_from_wheel(wheel: Path) -> bytes:
 
 
 def download_wheel(dest: Path) -> Path:
-    """pip-download the open-clip-torch wheel (no dependencies, not installed) into dest."""
+    """The open-clip-torch wheel in dest, pip-downloaded there first if absent (never installed)."""
     dest.mkdir(parents=True, exist_ok=True)
     found = sorted(dest.glob("open_clip_torch-*.whl"))
     if not found:
@@ -102,9 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bpe:
         tok = build_tokenizer(args.bpe.read_bytes(), args.out)
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            wheel = args.wheel or download_wheel(Path(tmp))
-            tok = build_tokenizer(bpe_from_wheel(wheel), args.out)
+        wheel = args.wheel or download_wheel(WHEEL_CACHE)
+        tok = build_tokenizer(bpe_from_wheel(wheel), args.out)
         check_real_ids(tok)
         print(f"{CHECK_TEXT!r} -> {CHECK_IDS} (ok)")
     print(f"tokenizer with {len(tok)} tokens, model_max_length {tok.model_max_length}, in {args.out}")

@@ -1,0 +1,218 @@
+"""Stage 3: train the miniature text encoder and UNet on VAE latents, and export the SD 1.x pipeline.
+
+A small CLIPTextModel (the real CLIP vocabulary, 77 positions) and a UNet2DConditionModel on 4 x 16 x 16
+latents are trained together with Stable Diffusion's epsilon loss on SD 1.5's exact schedule
+(scaled_linear 0.00085..0.012, 1000 steps), so the model learns to read the background colour from the
+signal leak sqrt(abar_t) z0 at large t, as SD does. 10% of captions are replaced by "" for
+classifier-free guidance. The export is a StableDiffusionPipeline folder (PNDM, steps_offset 1, as SD 1.5
+ships) that loads with a plain ``StableDiffusionPipeline.from_pretrained(folder)``.
+
+    python -m training.train_unet [--steps N] [--max-minutes M]   # resumes from <run>/checkpoint.pt
+    python -m training.train_unet --smoke --run /tmp/unet-smoke    # a few steps, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from training.dataset import EmojiComposites
+from training.loop import LossLog, batch_indices, collate, lr_at, save_atomic
+from training.train_vae import vae_config
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE / "data" / "google"
+DEFAULT_RUN = HERE / "runs" / "unet"
+DEFAULT_VAE = HERE / "runs" / "vae" / "export"
+DEFAULT_TOKENIZER = HERE / "runs" / "tokenizer"
+
+SD15_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                     steps_offset=1, prediction_type="epsilon")
+
+
+def text_encoder_config(hidden: int = 64, layers: int = 3, heads: int = 4) -> CLIPTextConfig:
+    """A small CLIP text transformer over the full 49408-token vocabulary, 77 positions."""
+    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=hidden)
+
+
+def unet_config(block_out_channels: tuple[int, ...] = (64, 128, 128), cross_attention_dim: int = 64) -> dict:
+    """UNet2DConditionModel for 4 x 16 x 16 latents; 8 channels per norm group (see vae_config)."""
+    return dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(block_out_channels),
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+                norm_num_groups=8)
+
+
+class EpsilonLoss:
+    """Stable Diffusion's loss: || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c) ||^2."""
+
+    def __init__(self, scheduler: DDPMScheduler):
+        self.abar = scheduler.alphas_cumprod
+        self.T = scheduler.config.num_train_timesteps
+
+    def __call__(self, unet: UNet2DConditionModel, z0: torch.Tensor, cond: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, self.T, (z0.shape[0],), generator=generator)
+        eps = torch.randn(z0.shape, generator=generator)
+        abar_t = self.abar[t].view(-1, 1, 1, 1).to(z0.dtype)
+        x_t = abar_t.sqrt() * z0 + (1 - abar_t).sqrt() * eps
+        return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, eps)
+
+
+def drop_captions(captions: list[str], rng: np.random.Generator, p: float = 0.1) -> list[str]:
+    """Replace a share p of captions by "" (the unconditional prompt of classifier-free guidance)."""
+    return ["" if rng.random() < p else c for c in captions]
+
+
+def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    """[B, 77, D] last hidden states, as StableDiffusionPipeline computes them."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def load_vae(folder: Path, allow_untrained: bool) -> AutoencoderKL:
+    """The exported VAE (frozen); an untrained one only for smoke runs without stage 2's output."""
+    if (folder / "config.json").exists():
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    elif allow_untrained:
+        vae = AutoencoderKL.from_config(vae_config())
+    else:
+        raise SystemExit(f"no VAE in {folder}: run `python -m training.train_vae` first (or pass --vae)")
+    return vae.eval().requires_grad_(False)
+
+
+def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, steps: int, batch_size: int = 32,
+          lr: float = 3e-4, warmup: int = 200, seed: int = 0, ckpt_every: int = 250, log_every: int = 10,
+          max_minutes: float | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Train (or resume) text encoder + UNet in run/ until `steps` or `max_minutes`."""
+    ckpt_path = run / "checkpoint.pt"
+    torch.manual_seed(seed)
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    unet = UNet2DConditionModel.from_config(ckpt["unet_config"] if ckpt else unet_config())
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(ckpt["text_config"]) if ckpt else text_encoder_config())
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    step = 0
+    if ckpt:
+        unet.load_state_dict(ckpt["unet"])
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    ds = EmojiComposites(data, "train", seed=seed, repeats=10**6)
+    loss_fn = EpsilonLoss(DDPMScheduler(**SD15_SCHEDULE, clip_sample=False))
+    log = LossLog(run / "loss.jsonl", step)
+
+    def checkpoint() -> None:
+        save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                     "optimizer": opt.state_dict(), "step": step, "unet_config": dict(unet.config),
+                     "text_config": text_encoder.config.to_dict()}, ckpt_path)
+
+    t_start = time.time()
+    unet.train(), text_encoder.train()
+    while step < steps:
+        if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
+            break
+        t = time.time()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        x, captions = collate(ds, batch_indices(seed, step, batch_size, len(ds.rows)))
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        with torch.no_grad():
+            z0 = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+        captions = drop_captions(captions, np.random.default_rng([seed, step, 11]))
+        loss = loss_fn(unet, z0, encode_text(text_encoder, tokenizer, captions), generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % log_every == 0 or step == steps:
+            log.write(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"], sec_per_step=time.time() - t)
+        if step % ckpt_every == 0:
+            checkpoint()
+    checkpoint()
+    return unet.eval(), text_encoder.eval()
+
+
+def export_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                    unet: UNet2DConditionModel, out: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Save a StableDiffusionPipeline folder (SD 1.5's PNDM scheduler config, no safety checker)."""
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.to(dtype).save_pretrained(tmp)
+    pipe.to(torch.float32)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def time_sampling(folder: Path, steps: int = 25, batch: int = 1, repeats: int = 2) -> float:
+    """Seconds for one pipeline call (64x64, `steps` steps, CFG) loaded with a plain from_pretrained."""
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    best = float("inf")
+    for r in range(repeats):
+        t = time.time()
+        pipe(["grinning face"] * batch, num_inference_steps=steps, height=64, width=64,
+             generator=torch.Generator().manual_seed(r))
+        best = min(best, time.time() - t)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, default=DEFAULT_RUN)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--vae", type=Path, default=DEFAULT_VAE)
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="3 steps, batch 4, 2 sampling steps: for CI")
+    p.add_argument("--export", type=Path, default=None, help="pipeline folder (default <run>/pipeline)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.steps, args.batch_size, args.ckpt_every = 3, 4, 2
+    if not (args.tokenizer / "tokenizer_config.json").exists():
+        raise SystemExit(f"no tokenizer in {args.tokenizer}: run `python -m training.build_tokenizer` first")
+    tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)
+    vae = load_vae(args.vae, allow_untrained=args.smoke)
+    unet, text_encoder = train(args.run, args.data, vae, tokenizer, args.steps, args.batch_size, args.lr,
+                               warmup=2 if args.smoke else 200, seed=args.seed, ckpt_every=args.ckpt_every,
+                               max_minutes=args.max_minutes)
+    step = torch.load(args.run / "checkpoint.pt", weights_only=False)["step"]
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}; rerun the same command to resume")
+        return 0
+    out = export_pipeline(vae, text_encoder, tokenizer, unet, args.export or args.run / "pipeline")
+    n_steps = 2 if args.smoke else 25
+    print(f"step {step}: exported to {out}; one 64x64 image, {n_steps} steps: "
+          f"{time_sampling(out, n_steps, repeats=1 if args.smoke else 2):.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
