@@ -125,7 +125,8 @@ def cmd_generate(args) -> int:
                         color=args.color, strength=args.strength if (args.style or args.color) else None)
     for suffix, run_style, run_color in runs:
         with torch.inference_mode():
-            images = generate(pipe, style=run_style, color=run_color, strength=args.strength, **common)
+            images = generate(pipe, style=run_style, color=run_color, strength=args.strength,
+                              **({"noise": None} if suffix else {}), **common)  # baseline: N(0, I), fine-tuned or not
         for i, image in enumerate(images):
             p = {**params, "seed": args.seed + i, "baseline": bool(suffix),
                  **(style_params if not suffix else dict(style=None, style_sha256=None, color=None, strength=None))}
@@ -202,6 +203,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# -- finetune ----------------------------------------------------------------------------------------
+def cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    out = finetune(args.images, args.out, model=args.model, prompt=args.prompt, steps=args.steps, lr=args.lr,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
+                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                   seed=args.seed, lora=args.lora, noise=args.noise, kind=args.type, components=args.components,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume, force=args.force, device=args.device,
+                   progress=not args.quiet)
+    print(f"fine-tuned ({'LoRA rank ' + str(args.lora) if args.lora else 'full'}, {args.noise} noise, {args.steps} steps) "
+          f"-> {out}; generate with: leakstyle generate --model {out} --prompt ...")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .schedulers import SCHEDULERS
@@ -270,6 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-n", type=int, default=48, help="images per set in the mean-colour plot")
     common(d)
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("finetune", help="Diffusion in Style: fine-tune the UNet with noise from the style distribution",
+                       description="Fine-tune a model on style images with noise drawn from their style distribution "
+                                   "N(mu_style, Sigma_style) (Diffusion in Style, Everaert et al., ICCV 2023). Runs "
+                                   "data-parallel under `accelerate launch -m leakstyle.cli finetune ...`.")
+    t.add_argument("images", nargs="+", help="style images: files and/or folders (captions from FOLDER/metadata.jsonl)")
+    t.add_argument("--out", required=True, help="output folder: the fine-tuned model, its style and checkpoints")
+    t.add_argument("--prompt", default=None, help="one caption for all images (instead of metadata.jsonl)")
+    t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5, or 1e-4 with --lora)")
+    t.add_argument("--batch-size", type=int, default=4, help="images per micro-batch and process (default 4)")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--resolution", default=None, help="R or WxH in pixels (default: the model's native size)")
+    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
+    t.add_argument("--seed", type=int, default=0, help="seeds batches, timesteps and noise: the same seed repeats a run")
+    t.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank on the "
+                   "UNet's attention layers instead of all weights")
+    t.add_argument("--noise", choices=("style", "standard"), default="style",
+                   help="style: Diffusion in Style (default); standard: N(0, I), for comparison")
+    t.add_argument("--type", choices=("pixel", "dct"), default="dct", help="style statistic type (default dct)")
+    t.add_argument("--components", type=int, default=3, help="low-frequency DCT components (default 3)")
+    t.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="checkpoint every N steps and at "
+                   "the end (default 250; 0: only at the end)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    common(t)
+    t.set_defaults(func=cmd_finetune)
 
     m = sub.add_parser("merge", help="merge style files fitted apart on shards of one image set")
     m.add_argument("files", nargs="+")

@@ -6,6 +6,7 @@ as they are. Pixel-space models (UNet2DModel + scheduler) take no `latents=`, so
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from .distribution import StyleDistribution
 from .encode import color_to_model_units
 from .errors import LeakstyleError
+from .finetune import style_initial_latents
 from .leak import image_size, initial_latents
 from .schedulers import make_scheduler
 
@@ -32,7 +34,19 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | None = N
 
     On CUDA the default dtype is float16, on CPU float32. Raises LeakstyleError with one line when the
     folder is missing or not a diffusers pipeline, or the hub cannot be reached.
+    A `leakstyle finetune` output folder loads as its fine-tuned model (a full pipeline, or the base model with
+    the LoRA weights), with `pipe.leakstyle_noise` set to the style distribution x_T is drawn from (see generate).
     """
+    from .finetune import load_finetuned, read_record
+
+    record = read_record(Path(model)) if model is not None and Path(model).is_dir() else None
+    if record is not None:
+        return load_finetuned(Path(model), record, device=device, dtype=dtype)
+    return load_diffusers(model, device=device, dtype=dtype)
+
+
+def load_diffusers(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):
+    """load_pipeline for plain diffusers folders and hub ids (no fine-tune record is read)."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -88,13 +102,18 @@ def run_pixel_model(pipe, latents: torch.Tensor, num_inference_steps: int, gener
 def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
-             width: int | None = None, scheduler: str | None = None, progress: bool = False) -> list[Image.Image]:
+             width: int | None = None, scheduler: str | None = None, progress: bool = False,
+             noise: StyleDistribution | None | str = "auto") -> list[Image.Image]:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
 
     `color` is '#rrggbb' or per-channel model units [C]; `scheduler` a name from schedulers.SCHEDULERS
     (the pipeline's own scheduler if None). With neither style nor colour this is plain pure-noise sampling.
+
+    `noise` is the distribution of the noise the model was trained with: "auto" takes a fine-tuned folder's
+    (`pipe.leakstyle_noise`, set by load_pipeline), None means N(0, I). A Diffusion-in-Style model starts from
+    x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
     """
     prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
     if prompts is not None:
@@ -104,9 +123,13 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     if isinstance(color, str):
         color = color_to_model_units(pipe, color)
     device, dtype = pipe.unet.device, pipe.unet.dtype
+    if isinstance(noise, str):
+        noise = getattr(pipe, "leakstyle_noise", None)
+    start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
     latents = torch.cat([
-        initial_latents(pipe, style, 1, height, width, num_inference_steps, torch.Generator(device).manual_seed(seed + i),
-                        color=color, strength=strength, device=device, dtype=dtype)
+        start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
+              generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
+              dtype=dtype)
         for i in range(num_images)])
     # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
     generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]

@@ -1,0 +1,539 @@
+"""Diffusion in Style (Everaert et al., ICCV 2023): fine-tune a UNet with noise drawn from a style distribution.
+
+style images (+ captions) -> N(mu_style, Sigma_style) of their latents (leakstyle.fit) and cached latents x_0
+-> DenoisingLoss(StyleNoise(style)) steps on accelerate (full or LoRA) -> an output folder that load_pipeline reads:
+
+    OUT/finetune.json                      what was trained: base model, method, noise, options, status, step
+    OUT/style.safetensors                  the style distribution; inference starts from x_T ~ N(mu_style, Sigma_style)
+    OUT/model_index.json, unet/, ...       full fine-tune: a diffusers pipeline folder (plain from_pretrained loads it)
+    OUT/pytorch_lora_weights.safetensors   LoRA: the UNet's adapter, applied to the base model named in finetune.json
+    OUT/checkpoints/step-000250/           the last checkpoint (accelerate save_state into a temp folder, then renamed)
+
+Every random draw of a training step comes from a generator seeded by (seed, micro-step, process), and batch k is a
+pure function of (seed, k), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .distribution import StyleDistribution
+from .encode import encode, vae_of
+from .errors import ImageError, LeakstyleError
+from .files import load, write_atomic
+from .fit import MIN_IMAGES, fit
+from .images import ImageBatches, digest_paths, list_images, parse_resolution
+from .leak import image_size, latent_shape, x_T
+from .loss import DenoisingLoss, StandardNoise, StyleNoise
+from .schedule import ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
+
+RECORD = "finetune.json"
+STYLE_FILE = "style.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+CAPTIONS = "metadata.jsonl"
+CHECKPOINTS = "checkpoints"
+FORMAT = "leakstyle-finetune"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections
+MAX_GRAD_NORM = 1.0
+# Options that do not change what is learned: a run may be resumed with other values.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "gradient_checkpointing")
+
+
+@dataclass
+class Options:
+    """Training options, recorded in finetune.json; a resumed run must match all but RESUMABLE_CHANGES."""
+
+    model: str | None
+    images: str  # digest of the image files (names and sizes)
+    captions: str  # digest of the captions, in image order ("" for unconditional models)
+    steps: int
+    lr: float
+    batch_size: int
+    grad_accum: int
+    resolution: str | None  # "WxH" in pixels, the model's native size if None
+    mixed_precision: str
+    gradient_checkpointing: bool
+    seed: int
+    lora: int | None  # LoRA rank, None for a full fine-tune
+    noise: str  # "style" (Diffusion in Style) or "standard" (N(0, I), for comparison)
+    kind: str  # statistic type of the style distribution: "dct" or "pixel"
+    components: int
+    checkpoint_every: int
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def read_captions(file: Path) -> dict[Path, str]:
+    """Captions from a diffusers ImageFolder `metadata.jsonl`: {"file_name": ..., "text": ...} per line."""
+    captions = {}
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            raise ImageError(f"{file} line {number} is not JSON; write one {{\"file_name\": ..., \"text\": ...}} per line") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not isinstance(entry.get("text"), str):
+            raise ImageError(f"{file} line {number} needs a \"file_name\" and a \"text\" string")
+        path = Path(os.path.abspath(file.parent / entry["file_name"]))
+        if not path.is_file():
+            raise ImageError(f"{file} line {number} names {entry['file_name']}, which does not exist; fix or remove the line")
+        captions[path] = entry["text"]
+    return captions
+
+
+def training_images(images: str | os.PathLike | Sequence[str | os.PathLike], prompt: str | None) -> tuple[list[Path], list[str] | None]:
+    """The image paths and their captions: `prompt` for all, else from metadata.jsonl in the given folders.
+
+    Captions are None when there is neither (fine for unconditional models; a text-to-image model refuses it)."""
+    given = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    paths = list_images(given)
+    if len(paths) < MIN_IMAGES:
+        raise ImageError(f"found {len(paths)} image; the style distribution needs at least {MIN_IMAGES} images")
+    if prompt is not None:
+        return paths, [prompt] * len(paths)
+    captions: dict[Path, str] = {}
+    files = [Path(g) / CAPTIONS for g in given if (Path(g) / CAPTIONS).is_file()]
+    for f in files:
+        captions.update(read_captions(f))
+    if not files:
+        return paths, None
+    missing = [p for p in paths if p not in captions]
+    if missing:
+        raise ImageError(f"{missing[0]} has no caption in {files[0]}; add a line for it, or pass --prompt for all images")
+    return paths, [captions[p] for p in paths]
+
+
+def digest_captions(captions: list[str] | None) -> str:
+    return "" if captions is None else hashlib.sha256(json.dumps(captions).encode()).hexdigest()[:16]
+
+
+def check_options(o: Options) -> None:
+    """One-line errors for values that cannot train."""
+    for name in ("steps", "batch_size", "grad_accum", "components"):
+        if getattr(o, name) < 1:
+            raise LeakstyleError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(o, name)}")
+    if not o.lr > 0:
+        raise LeakstyleError(f"--lr must be positive, got {o.lr}")
+    if o.lora is not None and o.lora < 1:
+        raise LeakstyleError(f"--lora RANK must be at least 1, got {o.lora}")
+    if o.checkpoint_every < 0:
+        raise LeakstyleError(f"--checkpoint-every must be 0 (only at the end) or more, got {o.checkpoint_every}")
+    for name, allowed in (("noise", ("style", "standard")), ("mixed_precision", ("no", "fp16", "bf16")), ("kind", ("pixel", "dct"))):
+        if getattr(o, name) not in allowed:
+            flag = {"kind": "type"}.get(name, name).replace("_", "-")
+            raise LeakstyleError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(o, name)!r}")
+
+
+# -- the output folder -------------------------------------------------------------------------------
+def read_record(folder: Path) -> dict | None:
+    """The finetune.json of `folder`, None when there is none; a LeakstyleError when it is not ours."""
+    file = Path(folder) / RECORD
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise LeakstyleError(f"{file} is not readable JSON; it is not a leakstyle finetune record") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("options"), dict):
+        raise LeakstyleError(f"{file} is not a leakstyle finetune record")
+    return record
+
+
+def write_record(folder: Path, options: Options, status: str, step: int) -> None:
+    record = {"format": FORMAT, "format_version": 1, "status": status, "step": step, "base_model": options.model,
+              "method": "lora" if options.lora else "full", "noise": options.noise, "style_file": STYLE_FILE,
+              "lora_file": LORA_FILE if options.lora else None, "options": asdict(options),
+              "leakstyle_version": __version__}
+    write_atomic(folder / RECORD, (json.dumps(record, indent=2) + "\n").encode(), force=True)
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step, path), oldest first. Temp folders of an interrupted save are not listed."""
+    found = []
+    for p in (folder / CHECKPOINTS).glob("step-*"):
+        if p.is_dir() and (p / "progress.json").is_file() and p.name[5:].isdigit():
+            found.append((int(p.name[5:]), p))
+    return sorted(found)
+
+
+def differing(recorded: dict, options: Options) -> list[str]:
+    now = asdict(options)
+    return [f"{k} {recorded.get(k)!r} there, {now[k]!r} here" for k in now
+            if k not in RESUMABLE_CHANGES and recorded.get(k) != now[k]]
+
+
+def plan_output(out: Path, options: Options, resume: bool, force: bool) -> int:
+    """Decide, before any work, what to do with `out`: start fresh (0) or resume from the returned step.
+
+    A folder that holds anything but a leakstyle finetune run is refused (and never deleted, even with force);
+    a run with other options too (force starts it over). An existing run of this command needs --resume or --force.
+    """
+    if out.exists() and not out.is_dir():
+        raise LeakstyleError(f"{out} is a file; --out needs a folder")
+    if not out.exists() or not any(out.iterdir()):
+        if resume:
+            raise LeakstyleError(f"nothing to resume: {out} holds no fine-tune run; run without --resume")
+        return 0
+    record = read_record(out)
+    if record is None:
+        raise LeakstyleError(f"{out} already holds other files; give --out an empty or new folder")
+    if force:
+        return -1
+    diff = differing(record["options"], options)
+    if diff:
+        raise LeakstyleError(f"{out} holds a fine-tune run with other options ({'; '.join(diff[:3])}); "
+                             f"use another --out, the same options, or --force to start over")
+    done = checkpoints(out)
+    if not resume:
+        where = f"stopped at step {done[-1][0]}" if done else "stopped before its first checkpoint"
+        raise LeakstyleError(f"{out} holds a run of this command {where}; pass --resume to continue it or --force to start over")
+    if not done:
+        raise LeakstyleError(f"nothing to resume: {out} has no checkpoint yet (the run stopped before its first); "
+                             f"pass --force instead of --resume to start over")
+    if done[-1][0] > options.steps:
+        raise LeakstyleError(f"{out} is already trained for {done[-1][0]} steps, more than --steps {options.steps}")
+    return done[-1][0]
+
+
+def fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(accelerator, out: Path, step: int) -> None:
+    """accelerate's save_state into a temp folder, then one rename: a crash leaves the last complete checkpoint."""
+    folder = out / CHECKPOINTS / f"step-{step:06d}"
+    if folder.exists():  # the same step saved before (a resumed run at its end): identical, keep it
+        return
+    tmp = out / CHECKPOINTS / f".step-{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+        fsync_tree(tmp)
+        os.replace(tmp, folder)
+        for old_step, old in checkpoints(out):
+            if old_step != step:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def remove_temp_checkpoints(out: Path) -> None:
+    for tmp in (out / CHECKPOINTS).glob(".step-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- data --------------------------------------------------------------------------------------------
+def derived_seed(*keys) -> int:
+    """A 63-bit seed from (seed, purpose, counters...): independent streams that need no saved state."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest(), "big") >> 1
+
+
+@functools.lru_cache(maxsize=8)
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, "order", epoch)))
+
+
+def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, processes: int = 1, process: int = 0) -> torch.Tensor:
+    """Image indices of one process's micro-batch `micro_step`: epochs are seeded permutations read in order."""
+    start = (micro_step * processes + process) * batch_size
+    positions = range(start, start + batch_size)
+    return torch.stack([epoch_order(n, seed, p // n)[p % n] for p in positions])
+
+
+@torch.no_grad()
+def encode_images(pipe, paths: list[Path], width: int, height: int) -> torch.Tensor:
+    """x_0 [N, C, h, w]: VAE latents in model units (the mode, as `fit` uses), or pixels in [-1, 1]."""
+    vae = vae_of(pipe)
+    device = pipe.unet.device
+    batches = ImageBatches(paths, width, height, batch_size=8, strict=True)
+    return torch.cat([encode(vae, b) if vae is not None else b.to(device) for b in batches]).float()
+
+
+@torch.no_grad()
+def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
+    """The text encoder's last hidden states [N, L, D] for each caption, as Stable Diffusion's UNet takes them."""
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    return torch.cat([pipe.text_encoder(chunk.to(pipe.text_encoder.device))[0] for chunk in ids.split(16)]).float()
+
+
+def check_model(pipe, captions: list[str] | None, lora: int | None, model) -> None:
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise LeakstyleError("finetune supports Stable Diffusion 1.x/2.x-style and pixel-space models; "
+                             "SDXL (two text encoders) is not supported yet")
+    if getattr(pipe, "text_encoder", None) is not None and captions is None:
+        raise LeakstyleError("no captions: put a metadata.jsonl ({\"file_name\": ..., \"text\": ...} per line) in the "
+                             "image folder, or pass --prompt for all images")
+    if lora and not hasattr(pipe.unet, "add_adapter"):
+        raise LeakstyleError(f"--lora needs a UNet with attention layers (UNet2DConditionModel); {model} has a "
+                             f"{type(pipe.unet).__name__}: fine-tune it fully instead")
+    if getattr(pipe, "leakstyle_lora", False):
+        raise LeakstyleError(f"{model} is a LoRA fine-tune; fine-tune its base model instead")
+
+
+# -- training ----------------------------------------------------------------------------------------
+def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = None, prompt: str | None = None, *,
+             steps: int = 500, lr: float | None = None, batch_size: int = 4, grad_accum: int = 1,
+             resolution: int | str | None = None, mixed_precision: str = "no", gradient_checkpointing: bool = False,
+             seed: int = 0, lora: int | None = None, noise: str = "style", kind: str = "dct", components: int = 3,
+             checkpoint_every: int = 250, resume: bool = False, force: bool = False, device: str | None = None,
+             progress: bool = True, callback: Callable[[int, float], None] | None = None) -> Path:
+    """Fine-tune `model` on `images` with Diffusion in Style (noise="style") or standard noise; write `out`.
+
+    Captions come from `prompt` or the folders' metadata.jsonl. `lr` defaults to 1e-5 (full) or 1e-4 (`lora` rank).
+    The style distribution is `kind` ("dct" with `components`, or "pixel") statistics of the images' latents at `resolution`.
+    A checkpoint is written every `checkpoint_every` steps and at the end; `resume` continues from the last one.
+    `callback(step, loss)` runs after each optimizer step. All user errors are raised before training starts.
+    """
+    out = Path(out)
+    paths, captions = training_images(images, prompt)
+    resolution = "x".join(map(str, parse_resolution(resolution))) if resolution is not None else None
+    base = model if model is None or not Path(model).exists() else os.path.abspath(model)
+    options = Options(model=None if base is None else str(base), images=digest_paths(paths),
+                      captions=digest_captions(captions), steps=steps, lr=lr or (1e-4 if lora else 1e-5),
+                      batch_size=batch_size, grad_accum=grad_accum, resolution=resolution, mixed_precision=mixed_precision,
+                      gradient_checkpointing=gradient_checkpointing, seed=seed, lora=lora, noise=noise, kind=kind,
+                      components=components, checkpoint_every=checkpoint_every)
+    check_options(options)
+    start = plan_output(out, options, resume, force)
+    if start == steps and read_record(out)["status"] == "done":
+        return out  # resumed a finished run: nothing left to do
+
+    from accelerate import Accelerator
+
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                                  cpu=device == "cpu")
+    except (ValueError, RuntimeError) as e:
+        raise LeakstyleError(f"cannot train with --mixed-precision {mixed_precision} here: {str(e).splitlines()[0]}") from None
+    main = accelerator.is_main_process
+
+    from .pipeline import load_pipeline
+
+    pipe = load_pipeline(model, device=str(accelerator.device), dtype=torch.float32)
+    check_model(pipe, captions, lora, model)
+    width, height = parse_resolution(resolution) if resolution else image_size(pipe)[::-1]
+    latent_shape(pipe, height, width)  # refuses sizes the VAE cannot encode
+    schedule = noise_schedule(pipe)
+
+    if start > 0:
+        style = load(out / STYLE_FILE)
+    else:
+        style = fit(paths, pipe=pipe, kind=kind, components=components, resolution=(width, height),
+                    strict=True, progress=progress and main)
+    x_0 = encode_images(pipe, paths, width, height)
+    text = encode_captions(pipe, captions) if getattr(pipe, "text_encoder", None) is not None else None
+    for frozen in (vae_of(pipe), getattr(pipe, "text_encoder", None)):
+        if frozen is not None:
+            frozen.requires_grad_(False).to("cpu")
+
+    unet, params = trainable_unet(pipe, options, accelerator)
+    optimizer = torch.optim.AdamW(params, lr=options.lr)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    register_checkpoint_hooks(accelerator)
+
+    accelerator.wait_for_everyone()  # every process has checked `out` before the first write
+    if main:
+        if start < 0:
+            shutil.rmtree(out)
+            start = 0
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temp_checkpoints(out)
+        if start == 0:
+            style.save(out / STYLE_FILE, force=True)
+        write_record(out, options, "training", start)
+    start = max(start, 0)
+    accelerator.wait_for_everyone()
+    if start > 0:
+        accelerator.load_state(str(checkpoints(out)[-1][1]))
+
+    loss_fn = training_loss(noise, style, schedule, accelerator.device)
+    run_steps(accelerator, unet, optimizer, loss_fn, x_0, text, options, start, out, progress and main, callback)
+
+    if main:
+        export(pipe, accelerator.unwrap_model(unet), out, bool(lora))
+        write_record(out, options, "done", steps)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def noise_schedule(pipe):
+    """The training schedule (a DDPMScheduler with the model's betas and prediction type), as diffusers trains."""
+    from diffusers import DDPMScheduler
+
+    if not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise LeakstyleError(f"the model's {type(pipe.scheduler).__name__} has no abar_t schedule (flow matching?); "
+                             f"finetune trains DDPM-style models")
+    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    if schedule.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise LeakstyleError(f"prediction type {schedule.config.prediction_type!r} is not supported: epsilon or v_prediction")
+    return schedule
+
+
+def training_loss(noise: str, style: StyleDistribution, schedule, device) -> DenoisingLoss:
+    """Diffusion in Style (noise="style") or standard fine-tuning (noise="standard"): the same loss, other noise."""
+    source = StyleNoise(style) if noise == "style" else StandardNoise()
+    return DenoisingLoss(source, schedule.alphas_cumprod.to(device), schedule.config.prediction_type)
+
+
+def trainable_unet(pipe, options: Options, accelerator):
+    """The UNet set up for training and its trainable parameters: all of them, or LoRA adapters on attention."""
+    unet = pipe.unet
+    if options.lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        torch.manual_seed(derived_seed(options.seed, "lora-init"))
+        unet.add_adapter(LoraConfig(r=options.lora, lora_alpha=options.lora, init_lora_weights="gaussian",
+                                    target_modules=LORA_TARGETS))
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        for p in unet.parameters():  # frozen weights in the compute dtype, adapters in float32
+            p.data = p.data.to(torch.float32 if p.requires_grad else weight_dtype)
+    else:
+        unet.requires_grad_(True)
+    if options.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    return unet, [p for p in unet.parameters() if p.requires_grad]
+
+
+def run_steps(accelerator, unet, optimizer, loss_fn, x_0, text, options: Options, start: int, out: Path,
+              progress: bool, callback) -> None:
+    """Optimizer steps start+1 .. options.steps, each of grad_accum micro-batches per process."""
+    o = options
+    n, P, p = len(x_0), accelerator.num_processes, accelerator.process_index
+    device = accelerator.device
+    params = [q for q in unet.parameters() if q.requires_grad]
+    with tqdm(total=o.steps, initial=start, desc="finetune", unit="step", disable=not progress) as bar:
+        for step in range(start + 1, o.steps + 1):
+            losses = []
+            for k in range((step - 1) * o.grad_accum, step * o.grad_accum):
+                i = batch_indices(n, o.seed, k, o.batch_size, P, p).to(device)
+                generator = torch.Generator(device).manual_seed(derived_seed(o.seed, "noise", k, p))
+                cond = {} if text is None else {"encoder_hidden_states": text[i]}
+                with accelerator.accumulate(unet):
+                    loss = loss_fn(unet, x_0[i], generator, **cond)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+            value = float(accelerator.reduce(torch.stack(losses).mean(), "mean"))
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step == o.steps or (o.checkpoint_every and step % o.checkpoint_every == 0):
+                save_checkpoint(accelerator, out, step)
+            if callback is not None:
+                callback(step, value)
+
+
+def register_checkpoint_hooks(accelerator) -> None:
+    """Checkpoints hold only the trainable parameters (all of a full fine-tune, the adapters of a LoRA one)."""
+    from safetensors.torch import load_file
+
+    def save_trainable(models, weights, output_dir):
+        for i, m in enumerate(models):
+            weights[i] = {k: v.detach() for k, v in accelerator.unwrap_model(m).named_parameters() if v.requires_grad}
+
+    def load_trainable(models, input_dir):
+        while models:
+            m = accelerator.unwrap_model(models.pop())
+            state = load_file(os.path.join(input_dir, "model.safetensors"), device=str(accelerator.device))
+            expected = {k for k, v in m.named_parameters() if v.requires_grad}
+            if set(state) != expected:
+                raise LeakstyleError(f"the checkpoint in {input_dir} does not match this model; use --force to start over")
+            m.load_state_dict(state, strict=False)
+
+    accelerator.register_save_state_pre_hook(save_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+
+
+def export(pipe, unet, out: Path, lora: bool) -> None:
+    """Write the fine-tuned model: a full pipeline folder, or the UNet's LoRA weights for the base model."""
+    if lora:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        type(pipe).save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True)
+    else:
+        pipe.unet = unet
+        pipe.save_pretrained(str(out))
+
+
+# -- using a fine-tuned model ------------------------------------------------------------------------
+def load_finetuned(folder: Path, record: dict, device: str | None = None, dtype: torch.dtype | None = None):
+    """The pipeline a `leakstyle finetune` folder describes, with `pipe.leakstyle_noise` set to the distribution
+    its initial latents come from (the style for noise="style", None = N(0, I) for noise="standard")."""
+    from .pipeline import load_diffusers, load_pipeline
+
+    if record.get("status") != "done":
+        raise LeakstyleError(f"the fine-tune in {folder} has not finished (step {record.get('step')} of "
+                             f"{record['options'].get('steps')}); continue it with leakstyle finetune ... --resume")
+    if record.get("method") == "lora":
+        from diffusers.utils import logging as diffusers_logging
+
+        pipe = load_pipeline(record.get("base_model"), device=device, dtype=dtype)
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # not the note that the text encoder has no LoRA keys (it has none)
+        try:
+            pipe.load_lora_weights(str(folder), weight_name=record.get("lora_file") or LORA_FILE)
+        except Exception as e:  # diffusers/peft raise many types for a bad or mismatched file
+            raise LeakstyleError(f"cannot load the LoRA weights in {folder}: {str(e).strip().splitlines()[0]}") from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        pipe.leakstyle_lora = True
+    else:
+        pipe = load_diffusers(folder, device=device, dtype=dtype)
+    pipe.leakstyle_noise = load(folder / (record.get("style_file") or STYLE_FILE)) if record.get("noise") == "style" else None
+    return pipe
+
+
+def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistribution | None = None, batch_size: int = 1,
+                          height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+                          generator: torch.Generator | None = None, color: torch.Tensor | None = None,
+                          strength: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """`latents=` for a model fine-tuned with Diffusion in Style: the UNet's first input is x_T = eps_style.
+
+    eps_style ~ N(mu_style, Sigma_style) = `noise`, drawn first from `generator`. With a leak `style` or `color`
+    (see leak.initial_latents) x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style instead: the leak of
+    x_tilde on top of the model's own noise. Returns x_T over the scheduler's input scale, [B, C, h, w].
+    """
+    C, h, w = latent_shape(pipe, height, width)
+    if noise.channels != C:
+        raise LeakstyleError(f"the fine-tune's style has {noise.channels} channels but the model's latents have {C}")
+    device = device or pipe.unet.device
+    eps_style = noise.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    leak = leak_at_first_step(pipe.scheduler, num_inference_steps, warn=False)
+    if style is None and color is None:
+        return eps_style / leak.input_scale
+    if not leak.has_leak:
+        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+        return eps_style / leak.input_scale
+    if style is not None and style.channels != C:
+        raise LeakstyleError(f"the style has {style.channels} channels but the model's latents have {C}; fit it with this model")
+    if color is not None:
+        base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
+        style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
+    x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    return x_T(x_tilde, eps_style, leak) / leak.input_scale

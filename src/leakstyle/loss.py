@@ -1,0 +1,70 @@
+"""The denoising loss, with the noise it trains on as a constructor argument.
+
+Standard fine-tuning draws eps ~ N(0, I). Diffusion in Style (Everaert et al., ICCV 2023) draws it from the
+style distribution N(mu_style, Sigma_style) of the style images' latents. Nothing else differs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .distribution import StyleDistribution
+
+
+class StandardNoise:
+    """eps ~ N(0, I), shaped like x_0."""
+
+    def __call__(self, x_0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)
+
+
+class StyleNoise:
+    """eps_style ~ N(mu_style, Sigma_style), shaped like x_0 (the style sampled at x_0's size if it differs)."""
+
+    def __init__(self, style: StyleDistribution):
+        self.style = style
+        self._on_device: dict[torch.device, StyleDistribution] = {}
+
+    def on(self, device: torch.device) -> StyleDistribution:
+        """The style with its tensors on `device`, moved once (the LF indices stay on the CPU, where they are read)."""
+        if device not in self._on_device:
+            s = self.style
+            self._on_device[device] = StyleDistribution(
+                s.kind, s.mean.to(device), s.var.to(device), s.lf_indices,
+                None if s.lf_mean is None else s.lf_mean.to(device),
+                None if s.lf_cov is None else s.lf_cov.to(device), dict(s.metadata))
+        return self._on_device[device]
+
+    def __call__(self, x_0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        B, _, H, W = x_0.shape
+        return self.on(x_0.device).sample(B, H, W, generator=generator, device=x_0.device, dtype=x_0.dtype)
+
+
+class DenoisingLoss:
+    """The DDPM training loss (Ho et al. 2020) in epsilon or v parameterisation (Salimans & Ho 2022).
+
+        t ~ U{0, ..., T-1},  eps ~ noise,  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+        target = eps  (epsilon)   or   sqrt(abar_t) eps - sqrt(1 - abar_t) x_0  (v_prediction)
+        L = mean || F(x_t, t, c) - target ||^2
+
+    `noise` is StandardNoise() for ordinary fine-tuning and StyleNoise(style) for Diffusion in Style.
+    `alphas_cumprod` [T] is the training schedule's abar_t, on the device x_0 will be on.
+    """
+
+    def __init__(self, noise, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction type {prediction_type!r} is not supported: use epsilon or v_prediction")
+        self.noise = noise
+        self.alphas_cumprod = alphas_cumprod
+        self.prediction_type = prediction_type
+
+    def __call__(self, unet, x_0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+        """x_0 [B, C, H, W] in model units; `cond` goes to the UNet (encoder_hidden_states=...). Returns a scalar."""
+        B = x_0.shape[0]
+        t = torch.randint(0, len(self.alphas_cumprod), (B,), generator=generator, device=x_0.device)
+        eps = self.noise(x_0, generator)
+        abar_t = self.alphas_cumprod[t].view(B, 1, 1, 1).to(x_0.dtype)
+        x_t = abar_t.sqrt() * x_0 + (1 - abar_t).sqrt() * eps
+        target = eps if self.prediction_type == "epsilon" else abar_t.sqrt() * eps - (1 - abar_t).sqrt() * x_0
+        F_x = unet(x_t, t, **cond).sample
+        return (F_x.float() - target.float()).square().mean()

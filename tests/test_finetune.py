@@ -1,0 +1,266 @@
+"""Diffusion in Style fine-tuning on a tiny model: the loss, training, saving, loading, resuming, generating, bad inputs."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, DDPMScheduler
+from PIL import Image
+from safetensors.torch import load_file
+
+from leakstyle import dct, files, pipeline
+from leakstyle.cli import main
+from leakstyle.finetune import LORA_FILE, checkpoints, finetune, style_initial_latents, training_loss
+from leakstyle.loss import DenoisingLoss
+from leakstyle.pipeline import generate, load_pipeline
+from leakstyle.schedule import leak_at_first_step
+from leakstyle.testing import SD15_SCHEDULE
+
+FAST = dict(steps=2, batch_size=2, progress=False)
+
+
+def write_images(folder, n=6, size=32, seed=0, captions=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        arr = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+        lines.append(json.dumps({"file_name": f"img{i}.png", "text": f"emoji number {i}"}))
+    if captions:
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("style-images"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, images, sd_path):
+    return finetune(images, tmp_path_factory.mktemp("runs") / "full", model=sd_path, **FAST)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, images, sd_path):
+    return finetune(images, tmp_path_factory.mktemp("runs") / "lora", model=sd_path, lora=2, **FAST)
+
+
+def unet_weights(folder):
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def run_error(argv, capsys):
+    """Run the CLI expecting a user error; return its single stderr line."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("leakstyle: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+# -- the loss ----------------------------------------------------------------------------------------
+def noise_seen_by_the_unet(loss, x_0):
+    """Run the loss with a UNet that records x_t; return eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+    seen = {}
+
+    def unet(x_t, t, **cond):
+        seen.update(x_t=x_t, t=t)
+        return SimpleNamespace(sample=torch.zeros_like(x_t))
+
+    loss(unet, x_0, torch.Generator().manual_seed(0))
+    abar_t = loss.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1).float()
+    return (seen["x_t"] - abar_t.sqrt() * x_0) / (1 - abar_t).sqrt()
+
+
+def schedule():
+    return DDPMScheduler(**SD15_SCHEDULE)
+
+
+def test_style_noise_has_the_style_distributions_moments(full_run):
+    style = files.load(full_run / "style.safetensors")
+    n = 6000
+    eps = noise_seen_by_the_unet(training_loss("style", style, schedule(), "cpu"), torch.randn(n, 4, 16, 16)).double()
+    B = dct.basis_images(16, 16, style.lf_indices, dtype=torch.float64)
+    mean = style.mean.double() + dct.reconstruct(style.lf_mean.double().view(1, 3, 4), B)[0]
+    torch.testing.assert_close(eps.mean(0), mean, rtol=0, atol=6 * eps.std(0).max().item() / math.sqrt(n))
+    # LF coefficients: Sigma_LF plus what the high-frequency remainder's variance projects onto the LF basis
+    lf = dct.project(eps, B).reshape(n, 12)
+    hf = torch.einsum("khw,lhw,chw->kcl", B, B, style.var.double())  # [k, c, l]
+    expected = style.lf_cov.double().clone()
+    for c in range(4):
+        expected[c::4, c::4] += hf[:, c, :]
+    torch.testing.assert_close(torch.cov(lf.T), expected, rtol=0.1, atol=0.05 * expected.diagonal().max().item())
+
+
+def test_standard_noise_is_standard_normal(full_run):
+    style = files.load(full_run / "style.safetensors")
+    eps = noise_seen_by_the_unet(training_loss("standard", style, schedule(), "cpu"), torch.randn(2000, 4, 16, 16))
+    assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
+    assert eps.mean((0, 2, 3)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_is_eps_or_v(prediction_type):
+    eps, x_0 = torch.randn(8, 4, 8, 8), torch.randn(8, 4, 8, 8)
+    loss = DenoisingLoss(lambda x, g: eps, schedule().alphas_cumprod, prediction_type)
+    seen = {}
+
+    def unet(x_t, t, **cond):
+        seen["t"] = t
+        return SimpleNamespace(sample=torch.zeros_like(x_t))
+
+    value = loss(unet, x_0, torch.Generator().manual_seed(1))
+    a = loss.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1).float()
+    target = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x_0
+    torch.testing.assert_close(value, target.square().mean())
+
+
+# -- training, saving, loading -----------------------------------------------------------------------
+def test_full_finetune_writes_a_pipeline_folder_that_from_pretrained_loads(full_run, sd_path):
+    pipe = DiffusionPipeline.from_pretrained(full_run)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    trained, base = unet_weights(full_run), unet_weights(sd_path)
+    assert trained.keys() == base.keys() and any(not torch.equal(trained[k], base[k]) for k in base)
+    record = json.loads((full_run / "finetune.json").read_text())
+    assert (record["status"], record["step"], record["method"], record["noise"]) == ("done", 2, "full", "style")
+    assert record["base_model"] == str(sd_path) and record["options"]["kind"] == "dct"
+    assert files.load(full_run / "style.safetensors").image_count == 6
+
+
+def test_lora_finetune_writes_adapter_weights_that_load_on_the_base_model(lora_run, sd_path):
+    assert (lora_run / LORA_FILE).is_file() and not (lora_run / "model_index.json").exists()
+    assert json.loads((lora_run / "finetune.json").read_text())["method"] == "lora"
+    x, t, c = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 16, 32)
+    tuned, base = load_pipeline(lora_run, device="cpu"), load_pipeline(sd_path, device="cpu")
+    with torch.no_grad():
+        assert not torch.allclose(tuned.unet(x, t, c).sample, base.unet(x, t, c).sample)
+    assert tuned.leakstyle_noise is not None
+
+
+def test_a_resumed_run_gives_the_same_weights_as_an_uninterrupted_one(tmp_path, images, sd_path):
+    options = dict(model=sd_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2, progress=False)
+    finetune(images, tmp_path / "whole", **options)
+
+    def kill_after_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(images, tmp_path / "cut", callback=kill_after_step_3, **options)
+    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
+    (tmp_path / "cut" / "checkpoints" / ".step-000004.tmp").mkdir()  # a save killed half-way: ignored
+    finetune(images, tmp_path / "cut", resume=True, **options)
+    whole, cut = unet_weights(tmp_path / "whole"), unet_weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [4]
+    assert not list((tmp_path / "cut" / "checkpoints").glob(".*"))
+
+
+# -- generating --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_generate_starts_a_finetuned_model_from_its_style_noise(full_run, first_unet_input, scheduler):
+    pipe = load_pipeline(full_run, device="cpu")
+    hook = first_unet_input(pipe.unet)
+    generate(pipe, "a cat", seed=3, num_inference_steps=2, guidance_scale=1.0, scheduler=scheduler)
+    eps_style = pipe.leakstyle_noise.sample(1, 16, 16, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(hook.sample, eps_style, rtol=1e-4, atol=1e-4)
+
+
+def test_an_explicit_style_adds_its_leak_to_the_style_noise(full_run, first_unet_input):
+    pipe = load_pipeline(full_run, device="cpu")
+    hook = first_unet_input(pipe.unet)
+    style = pipe.leakstyle_noise.with_color(torch.tensor([1.0, -1.0, 0.5, 0.0]))
+    generate(pipe, "a cat", style=style, seed=5, num_inference_steps=2, guidance_scale=1.0, scheduler="euler")
+    g = torch.Generator().manual_seed(5)
+    eps_style, x_tilde = pipe.leakstyle_noise.sample(1, 16, 16, generator=g), style.sample(1, 16, 16, generator=g)
+    leak = leak_at_first_step(pipe.scheduler, 2)
+    torch.testing.assert_close(hook.sample, leak.sqrt_abar_T * x_tilde + leak.sqrt_one_minus_abar_T * eps_style,
+                               rtol=1e-4, atol=1e-4)
+    latents = style_initial_latents(pipe, pipe.leakstyle_noise, style, 1, num_inference_steps=2,
+                                    generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(latents * leak.input_scale, hook.sample, rtol=1e-5, atol=1e-5)
+
+
+def test_a_standard_noise_finetune_starts_from_pure_noise(tmp_path, images, sd_path, first_unet_input):
+    out = finetune(images, tmp_path / "std", model=sd_path, noise="standard", steps=1, progress=False)
+    pipe = load_pipeline(out, device="cpu")
+    assert pipe.leakstyle_noise is None
+    hook = first_unet_input(pipe.unet)
+    generate(pipe, "a cat", seed=2, num_inference_steps=2, guidance_scale=1.0)
+    torch.testing.assert_close(hook.sample, torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2)))
+
+
+def test_cli_finetune_then_generate_draws_x_T_from_the_style(tmp_path, images, sd_path, monkeypatch, first_unet_input):
+    out = tmp_path / "cli"
+    assert main(["finetune", str(images), "--model", str(sd_path), "--out", str(out), "--steps", "1", "--lora", "2",
+                 "--batch-size", "2", "--quiet"]) == 0
+    hooks, load = [], pipeline.load_pipeline
+
+    def load_and_hook(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        hooks.append(first_unet_input(pipe.unet))
+        return pipe
+
+    monkeypatch.setattr(pipeline, "load_pipeline", load_and_hook)
+    assert main(["generate", "--model", str(out), "--prompt", "a cat", "--seed", "4", "--steps", "2", "--guidance", "1",
+                 "--out", str(tmp_path / "gen"), "--quiet"]) == 0
+    eps_style = files.load(out / "style.safetensors").sample(1, 16, 16, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(hooks[0].sample, eps_style, rtol=1e-4, atol=1e-4)
+
+
+# -- bad inputs: one line, exit 2, before any training -----------------------------------------------
+def finetune_argv(images, out, *extra, model):
+    return ["finetune", str(images), "--model", str(model), "--out", str(out), "--steps", "1", "--quiet", *extra]
+
+
+def test_no_images_is_refused(tmp_path, sd_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "empty" in run_error(finetune_argv(tmp_path / "empty", tmp_path / "out", model=sd_path), capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_images_for_the_distribution_are_refused(tmp_path, sd_path, capsys):
+    write_images(tmp_path / "one", n=1)
+    assert "at least 2" in run_error(finetune_argv(tmp_path / "one", tmp_path / "out", model=sd_path), capsys)
+
+
+def test_captions_naming_missing_images_are_refused(tmp_path, sd_path, capsys):
+    folder = write_images(tmp_path / "imgs", n=3)
+    with open(folder / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": "gone.png", "text": "a ghost"}) + "\n")
+    assert "gone.png" in run_error(finetune_argv(folder, tmp_path / "out", model=sd_path), capsys)
+
+
+def test_images_without_a_caption_are_refused(tmp_path, sd_path, capsys):
+    folder = write_images(tmp_path / "imgs", n=3)
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "img0.png", "text": "one"}) + "\n")
+    assert "--prompt" in run_error(finetune_argv(folder, tmp_path / "out", model=sd_path), capsys)
+
+
+def test_no_captions_for_a_text_to_image_model_is_refused(tmp_path, sd_path, capsys):
+    folder = write_images(tmp_path / "imgs", n=3, captions=False)
+    assert "metadata.jsonl" in run_error(finetune_argv(folder, tmp_path / "out", model=sd_path), capsys)
+
+
+def test_an_output_folder_holding_something_else_is_refused_and_kept(tmp_path, images, sd_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert "other files" in run_error(finetune_argv(images, tmp_path / "out", "--force", model=sd_path), capsys)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, images, sd_path, capsys):
+    assert "nothing to resume" in run_error(finetune_argv(images, tmp_path / "out", "--resume", model=sd_path), capsys)
+
+
+def test_a_finished_run_needs_resume_or_force_and_other_options_are_refused(full_run, images, sd_path, capsys):
+    argv = ["finetune", str(images), "--model", str(sd_path), "--out", str(full_run), "--steps", "2", "--batch-size", "2", "--quiet"]
+    assert "--resume" in run_error(argv, capsys)
+    assert "lr" in run_error(argv + ["--lr", "0.5", "--resume"], capsys)
+    assert main(argv + ["--resume"]) == 0  # already done: nothing to train
