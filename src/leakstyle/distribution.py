@@ -211,12 +211,13 @@ class StyleDistribution:
         device = torch.device("cpu") if device is None else torch.device(device)
         C, H, W = style.channels, style.height, style.width
         x = torch.randn((num, C, H, W), generator=generator, device=device, dtype=dtype)
-        x.mul_(style._std.to(device, dtype)).add_(style.mean.to(device, dtype))
+        torch.addcmul(style.mean.to(device, dtype), x, style._std.to(device, dtype), out=x)  # x = mu + sigma eps, in place
         if style.kind == "pixel":
             return x
         n = style.components
         z = torch.randn((num, n * C), generator=generator, device=device, dtype=dtype)
         lf = torch.addmm(style.lf_mean.to(device, dtype), z, style._lf_factor.to(device, dtype).T)  # [num, nC]
-        basis = dct.basis_images(H, W, style.lf_indices, dtype=dtype, device=device).view(n, H * W)
-        x.view(num * C, H * W).addmm_(lf.view(num, n, C).transpose(1, 2).reshape(num * C, n), basis)
+        basis = dct.basis_images(H, W, style.lf_indices, dtype=dtype, device=device).view(1, n, H * W)
+        # x += IDCT(LF) = coefficients [num, C, n] @ basis [n, HW], in place (batched: faster than addmm for small n).
+        x.view(num, C, H * W).baddbmm_(lf.view(num, n, C).transpose(1, 2), basis.expand(num, n, H * W))
         return x
