@@ -195,22 +195,11 @@ def figure_sampling(quick: bool) -> tuple[list[Row], dict]:
     def ours_initial_latent():  # leakstyle.leak.initial_latents' math: eps first, then x_tilde
         eps = noise(shape, g, "cpu", torch.float32)
         x_tilde = style.sample(num, generator=g)
-        return x_T(x_tilde, eps, leak) / leak.input_scale
-
-    # Diagnostics, not leakstyle's code: the same math writing one output tensor, and writing none.
-    def initial_latent_one_output():
-        eps = noise(shape, g, "cpu", torch.float32)
-        x_tilde = style.sample(num, generator=g)
-        return torch.mul(x_tilde, leak.sqrt_abar_T).add_(eps, alpha=leak.sqrt_one_minus_abar_T).div_(leak.input_scale)
-
-    def initial_latent_in_place():
-        eps = noise(shape, g, "cpu", torch.float32)
-        x_tilde = style.sample(num, generator=g)
-        return x_tilde.mul_(leak.sqrt_abar_T).add_(eps, alpha=leak.sqrt_one_minus_abar_T).div_(leak.input_scale)
+        return x_T(x_tilde, eps, leak, scale=leak.input_scale)
 
     def straightforward_initial_latent():
         eps = noise(shape, g, "cpu", torch.float32)
-        return x_T(straightforward_x_tilde(style, num, rng), eps, leak) / leak.input_scale
+        return x_T(straightforward_x_tilde(style, num, rng), eps, leak, scale=leak.input_scale)
 
     t = interleaved({
         "randn": lambda: torch.randn(shape, generator=g),
@@ -218,8 +207,6 @@ def figure_sampling(quick: bool) -> tuple[list[Row], dict]:
         "initial": ours_initial_latent,
         "straightforward x_tilde": lambda: straightforward_x_tilde(style, num, rng),
         "straightforward initial": straightforward_initial_latent,
-        "diagnostic: initial, one output": initial_latent_one_output,
-        "diagnostic: initial, in place": initial_latent_in_place,
     }, rounds=50 if quick else 400)
     floor = median(t["randn"])
     what = f"{num} x {shape[1]}x{shape[2]}x{shape[3]}"
@@ -227,14 +214,6 @@ def figure_sampling(quick: bool) -> tuple[list[Row], dict]:
                "median_ms": {k: 1e3 * median(v) for k, v in t.items()},
                "ratio_to_randn": {k: paired_ratio(v, t["randn"]) for k, v in t.items()}}
     r = details["ratio_to_randn"]
-    if r["initial"] > 2.6:
-        combine = median(t["initial"]) - median(t["randn"]) - median(t["x_tilde"])
-        details["notes"] = [
-            f"whole initial latent: beyond drawing eps and x_tilde, combining them (leakstyle.leak.x_T, then / "
-            f"input_scale as initial_latents does) costs {ms(combine)}, because every step makes a new "
-            f"[{', '.join(map(str, shape))}] tensor and fresh memory costs page faults here. The same math writing one "
-            f"output tensor takes {r['diagnostic: initial, one output']:.3g}x randn, in place "
-            f"{r['diagnostic: initial, in place']:.3g}x (diagnostics in results.json; not leakstyle's code)."]
     rows = [
         Row(f"1. x_tilde, {what} ({source}) / randn", ms(median(t["x_tilde"])), f"randn {ms(floor)}",
             r["x_tilde"], "<= 1.3", r["x_tilde"] <= 1.3),

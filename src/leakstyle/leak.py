@@ -16,9 +16,11 @@ from .errors import LeakstyleError
 from .schedule import ZERO_SNR_EXPLANATION, Leak, ZeroTerminalSNRWarning, leak_at_first_step
 
 
-def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak) -> torch.Tensor:
-    """x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps."""
-    return leak.sqrt_abar_T * x_tilde + leak.sqrt_one_minus_abar_T * eps
+def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak, scale: float = 1.0) -> torch.Tensor:
+    """x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps, divided by `scale`.
+
+    Computed in place in x_tilde (one pass, no new tensor: fresh memory is what costs time here)."""
+    return x_tilde.mul_(leak.sqrt_abar_T / scale).add_(eps, alpha=leak.sqrt_one_minus_abar_T / scale)
 
 
 def vae_factor(pipe) -> int:
@@ -76,4 +78,4 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
         base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
         style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
     x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
-    return x_T(x_tilde, eps, leak) / leak.input_scale
+    return x_T(x_tilde, eps, leak, scale=leak.input_scale)
