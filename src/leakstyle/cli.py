@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
-import json
 import os
 import sys
 import warnings
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LeakstyleError
+from .png import png_bytes
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -58,21 +57,6 @@ def cmd_fit(args) -> int:
 
 
 # -- generate ----------------------------------------------------------------------------------------
-def png_bytes(image, parameters: dict) -> bytes:
-    """PNG with the generation parameters in text chunks: `parameters` (A1111-style) and `leakstyle` (JSON)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    a1111 = (f"{parameters['prompt']}\nNegative prompt: {parameters.get('negative_prompt') or ''}\n"
-             f"Steps: {parameters['steps']}, Sampler: {parameters['scheduler']}, CFG scale: {parameters['guidance']}, "
-             f"Seed: {parameters['seed']}, Size: {parameters['width']}x{parameters['height']}, Model: {parameters['model']}")
-    info.add_text("parameters", a1111)
-    info.add_text("leakstyle", json.dumps(parameters, sort_keys=True))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
-
-
 def cmd_generate(args) -> int:
     import torch
 
@@ -203,6 +187,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# -- ui ----------------------------------------------------------------------------------------------
+def cmd_ui(args) -> int:
+    from .ui import serve
+
+    serve(args.model, device=args.device, host=args.host, port=args.port)
+    return 0
+
+
 # -- finetune ----------------------------------------------------------------------------------------
 def cmd_finetune(args) -> int:
     from .finetune import finetune
@@ -313,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     common(t)
     t.set_defaults(func=cmd_finetune)
+
+    w = sub.add_parser("ui", help="a local web page for the whole method (Gradio)")
+    w.add_argument("--model", help="diffusers folder or hub id (default: the embedded miniature model)")
+    w.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    w.set_defaults(func=cmd_ui)
 
     m = sub.add_parser("merge", help="merge style files fitted apart on shards of one image set")
     m.add_argument("files", nargs="+")

@@ -1,0 +1,344 @@
+"""`leakstyle ui`: the whole method on a local web page (Gradio).
+
+The callbacks are plain functions over the library's API, tested without a browser: `style_for` (fit uploaded images
+or load a style file), `run` (generate from the leak and, for the same seeds, from pure noise; write PNGs with their
+parameters) and `on_generate` (both, with errors turned into a message for the page). `build_app` only lays out the
+page and wires those up; `serve` starts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import os
+import random
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no calls home
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from . import __version__
+from .demo import mean_colors
+from .distribution import StyleDistribution
+from .encode import parse_color, to_hex
+from .errors import LeakstyleError
+from .files import load
+from .fit import fit
+from .leak import image_size, vae_factor
+from .pipeline import generate, load_pipeline
+from .png import png_bytes
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
+
+STYLE_SOURCES = ("none", "fit images", "style file")
+MAX_IMAGES = 8
+
+
+@dataclass
+class Model:
+    """A loaded pipeline, the name it was loaded by, and its own scheduler (each run starts from that one's config)."""
+
+    pipe: object
+    name: str
+    scheduler: object
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether this is a Diffusion-in-Style model that starts from its own style noise."""
+        return getattr(self.pipe, "leakstyle_noise", None) is not None
+
+
+def open_model(model: str | os.PathLike | None = None, device: str | None = None) -> Model:
+    pipe = load_pipeline(model, device=device)
+    return Model(pipe, str(model or "leakstyle/mini-sd"), pipe.scheduler)
+
+
+@dataclass
+class Style:
+    """The style a run starts from, the file that holds it (offered for download) and how to name it in a PNG."""
+
+    distribution: StyleDistribution
+    file: Path
+    name: str
+
+
+@dataclass
+class Result:
+    """What one click of Generate made: image i of each list is from seed `seeds[i]`."""
+
+    seeds: list[int]
+    leak: list[Image.Image]
+    baseline: list[Image.Image]  # the pure-noise image of the same seed
+    files: list[Path]  # PNGs with their parameters (and the style file), to download
+    color: str | None
+    messages: list[str]  # notes for the user
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+def hex_color(value: str) -> str:
+    """'#rrggbb' from what a colour picker gives: '#rrggbb', '#rgb', '#rrggbbaa' or 'rgb(a)(r, g, b[, a])'."""
+    value = (value or "").strip()
+    m = re.fullmatch(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?:,\s*[\d.]+\s*)?\)", value)
+    if m:
+        return to_hex(float(c) for c in m.groups())
+    if re.fullmatch(r"#?[0-9a-fA-F]{8}", value):
+        value = value[:-2]  # drop the alpha
+    return to_hex(parse_color(value))
+
+
+def random_seed() -> int:
+    return random.randrange(2**31)
+
+
+def style_for(model: Model, source: str, images: list[str] | None = None, style_file: str | None = None,
+              kind: str = "dct", components: int = 3, cached: tuple | None = None) -> tuple[Style | None, tuple | None]:
+    """The style of the chosen source: None, fitted to uploaded images, or loaded from a style file.
+
+    A fit is kept in `cached` ((key, Style), the page's state) and reused while the images and options stay the same.
+    Returns (style, what to cache)."""
+    if source == "none":
+        return None, cached
+    if source == "style file":
+        if not style_file:
+            raise LeakstyleError("choose a style file (.safetensors: a leakstyle file or an official stats.safetensors)")
+        return Style(load(style_file), Path(style_file), Path(style_file).name), cached
+    if source != "fit images":
+        raise LeakstyleError(f"unknown style source {source!r}; choose one of {', '.join(STYLE_SOURCES)}")
+    if not images:
+        raise LeakstyleError("upload a few style images to fit, or choose another style source")
+    key = (tuple(sorted(str(p) for p in images)), kind, int(components), model.name)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached
+    distribution = fit(list(images), pipe=model.pipe, kind=kind, components=int(components), progress=True)
+    file = Path(tempfile.mkdtemp(prefix="leakstyle-ui-style-")) / "style.safetensors"
+    distribution.save(file)
+    style = Style(distribution, file, f"fitted to {distribution.image_count} uploaded images")
+    return style, (key, style)
+
+
+def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 25,
+        scheduler: str | None = None, guidance: float = 7.5, num_images: int = 1, width: int | None = None,
+        height: int | None = None, style: Style | None = None, color: str | None = None, strength: float = 1.0,
+        out: Path | None = None) -> Result:
+    """Generate from the leak of `style`/`color`, and from pure noise with the same seeds (image i: seed + i).
+
+    Writes each image as a PNG with its parameters into `out` (a new temporary folder by default), named as
+    `leakstyle generate --baseline` names them."""
+    if not 0.0 <= strength <= 1.0:
+        raise LeakstyleError(f"strength must be between 0 and 1, got {strength}")
+    if num_images < 1 or steps < 1:
+        raise LeakstyleError("the image count and the steps must be at least 1")
+    pipe = model.pipe
+    pipe.scheduler = make_scheduler(scheduler, model.scheduler.config) if scheduler else model.scheduler
+    height, width = image_size(pipe, int(height or 0) or None, int(width or 0) or None)
+    color = hex_color(color) if color else None
+    common = dict(prompt=prompt, negative_prompt=negative_prompt or None, seed=int(seed), num_images=int(num_images),
+                  num_inference_steps=int(steps), guidance_scale=float(guidance), height=height, width=width,
+                  progress=True)
+    with torch.inference_mode():
+        leak = generate(pipe, style=style and style.distribution, color=color, strength=strength, **common)
+        baseline = generate(pipe, noise=None, **common)  # pure N(0, I) noise, fine-tuned model or not
+    messages = []
+    if style is None and color is None and not model.finetuned:
+        messages.append("no style and no colour chosen: both columns start from pure noise")
+
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="leakstyle-ui-"))
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(seed) + i for i in range(int(num_images))]
+    params = dict(prompt=prompt, negative_prompt=negative_prompt or None, steps=int(steps),
+                  scheduler=scheduler_name(pipe.scheduler), guidance=float(guidance), model=model.name, height=height,
+                  width=width, leakstyle_version=__version__)
+    leak_params = dict(style=style.name if style else None,
+                       style_sha256=hashlib.sha256(style.file.read_bytes()).hexdigest() if style else None,
+                       color=color, strength=strength if (style or color) else None, baseline=False)
+    baseline_params = dict(style=None, style_sha256=None, color=None, strength=None, baseline=True)
+    files = []
+    for images, suffix, extra in ((leak, "", leak_params), (baseline, "-baseline", baseline_params)):
+        for i, (s, image) in enumerate(zip(seeds, images)):
+            path = out / f"{i:04d}-seed{s}{suffix}.png"
+            path.write_bytes(png_bytes(image, {**params, **extra, "seed": s}))
+            files.append(path)
+    if style is not None:
+        files.append(style.file)
+    return Result(seeds, leak, baseline, files, color, messages)
+
+
+def data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def swatch(hexcode: str) -> str:
+    return f'<span class="swatch" style="background:{hexcode}"></span><code>{hexcode}</code>'
+
+
+def results_html(result: Result) -> str:
+    """A table, one row per seed: the image from the leak and the pure-noise image, each with its mean colour."""
+    leak_colors = [to_hex(c) for c in mean_colors(result.leak)]
+    baseline_colors = [to_hex(c) for c in mean_colors(result.baseline)]
+    requested = f" (requested {swatch(result.color)})" if result.color else ""
+    rows = []
+    for i, seed in enumerate(result.seeds):
+        cells = []
+        for kind, image, hexcode in (("leak", result.leak[i], leak_colors[i]), ("baseline", result.baseline[i], baseline_colors[i])):
+            pixelated = " pixelated" if image.width < 128 else ""
+            cells.append(f'<td><img class="{kind}{pixelated}" data-seed="{seed}" alt="{kind}, seed {seed}" '
+                         f'src="{data_uri(image)}"><div class="mean {kind}-mean">mean {swatch(hexcode)}</div></td>')
+        rows.append(f"<tr><th>seed {seed}</th>{''.join(cells)}</tr>")
+    return (f'<table class="results"><tr><th></th><th>from the leak{requested}</th><th>from pure noise</th></tr>'
+            f"{''.join(rows)}</table>")
+
+
+def status(text: str, error: bool = False) -> str:
+    return f"**Error:** {html.escape(text)}" if error else html.escape(text)
+
+
+def on_generate(model: Model, source: str, images, style_file, kind: str, components: int, prompt: str,
+                negative_prompt: str, seed, steps, scheduler: str, guidance, num_images, width, height,
+                use_color: bool, color: str, strength: float, cached: tuple | None = None):
+    """The Generate button: (status text, results table, files to download, fit cache). A user error leaves the
+    results as they were and says what went wrong in the status."""
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            style, cached = style_for(model, source, images, style_file, kind, components, cached)
+            result = run(model, prompt or "", negative_prompt, int(seed or 0), int(steps),
+                         scheduler if scheduler in SCHEDULERS else None, guidance,  # else: the model's own
+                         int(num_images), width, height, style, color if use_color else None, strength)
+    except LeakstyleError as e:
+        return status(str(e), error=True), gr.skip(), gr.skip(), cached
+    # leakstyle's own warnings (skipped images, a schedule that leaks nothing) are for the user to read.
+    notes = [str(w.message) for w in caught if w.category.__module__.startswith("leakstyle")] + result.messages
+    n = len(result.seeds)
+    text = (f"{n} image{'s' * (n > 1)} from the leak and {n} from pure noise "
+            f"(seed{'s' * (n > 1)} {result.seeds[0]}{f'–{result.seeds[-1]}' if n > 1 else ''}) "
+            f"in {time.perf_counter() - started:.1f} s")
+    text = "\n\n".join([status(text)] + [f"**Note:** {html.escape(m)}" for m in dict.fromkeys(notes)])
+    return text, results_html(result), [str(f) for f in result.files], cached
+
+
+# -- layout ------------------------------------------------------------------------------------------
+CSS = """
+.results img { width: 192px; height: auto; border: 1px solid #8884; display: block; }
+.results img.pixelated { image-rendering: pixelated; }
+.results td, .results th { padding: 4px 10px; vertical-align: top; text-align: left; }
+.swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #8888; vertical-align: middle;
+          margin: 0 0.3em; border-radius: 3px; }
+"""
+
+
+def size_step(pipe) -> int:
+    """Image sizes must be multiples of this: the VAE factor times the UNet's downsampling."""
+    return vae_factor(pipe) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def build_app(model: Model) -> gr.Blocks:
+    """The page: prompt and sampling options, the style and colour of the leak, and the results beside pure noise."""
+    pipe = model.pipe
+    height, width = image_size(pipe)
+    step = size_step(pipe)
+    own = scheduler_name(model.scheduler)
+    about = f"Model: `{model.name}`"
+    if model.finetuned:
+        about += " (fine-tuned with Diffusion in Style: it starts from its own style noise)"
+
+    with gr.Blocks(title="leakstyle", analytics_enabled=False) as app:
+        gr.Markdown("# leakstyle\nStyle, brightness and colour from the noise that sampling starts from "
+                    f"(signal-leak sampling). {about}.")
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", info="image i uses seed + i", value=0, precision=0, minimum=0,
+                                     elem_id="seed")
+                    dice = gr.Button("Random seed", size="sm", elem_id="random-seed")
+                with gr.Row():
+                    steps = gr.Slider(1, 150, value=25, step=1, label="Steps", elem_id="steps")
+                    scheduler = gr.Dropdown(list(SCHEDULERS) if own in SCHEDULERS else [own, *SCHEDULERS], value=own,
+                                            label="Scheduler", elem_id="scheduler")
+                with gr.Row():
+                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                    num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
+                with gr.Row():
+                    width_in = gr.Slider(step, 4 * width, value=width, step=step, label="Width", elem_id="width")
+                    height_in = gr.Slider(step, 4 * height, value=height, step=step, label="Height", elem_id="height")
+            with gr.Column():
+                with gr.Group():
+                    source = gr.Radio(list(STYLE_SOURCES), value="none", label="Style of the leak", elem_id="style-source",
+                                      info="fit a few images on the spot, or load a style file (.safetensors: leakstyle's "
+                                           "or an official stats.safetensors)")
+                    with gr.Row():
+                        images = gr.File(label="Style images", file_count="multiple",
+                                         file_types=["image"], type="filepath", height=140, elem_id="style-images")
+                        style_file = gr.File(label="Style file", file_types=[".safetensors"], type="filepath", height=140,
+                                             elem_id="style-file")
+                    with gr.Row():
+                        kind = gr.Radio(["dct", "pixel"], value="dct", label="Statistics to fit", elem_id="kind")
+                        components = gr.Slider(1, 16, value=3, step=1, label="DCT components", elem_id="components")
+                with gr.Group():
+                    use_color = gr.Checkbox(label="Set the mean colour (low-frequency control)", elem_id="use-color")
+                    with gr.Row():
+                        color = gr.ColorPicker(value="#1e90ff", label="Colour", elem_id="color")
+                        strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength", elem_id="strength")
+                run_button = gr.Button("Generate", variant="primary", elem_id="generate")
+        status_box = gr.Markdown("Ready.", elem_id="status")
+        results = gr.HTML(elem_id="results")
+        downloads = gr.File(label="Downloads: PNGs with their parameters, and the style file", file_count="multiple",
+                            interactive=False, height=160, elem_id="downloads")
+        cached = gr.State(None)
+
+        def generate_clicked(source, images, style_file, kind, components, prompt, negative, seed, steps, scheduler,
+                             guidance, num_images, width, height, use_color, color, strength, cached,
+                             progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio asks for a progress bar)
+            return on_generate(model, source, images, style_file, kind, components, prompt, negative, seed, steps,
+                               scheduler, guidance, num_images, width, height, use_color, color, strength, cached)
+
+        dice.click(random_seed, outputs=seed)
+        images.upload(lambda: "fit images", outputs=source)
+        style_file.upload(lambda: "style file", outputs=source)
+        color.change(lambda: True, outputs=use_color)
+        run_button.click(generate_clicked,
+                         inputs=[source, images, style_file, kind, components, prompt, negative, seed, steps, scheduler,
+                                 guidance, num_images, width_in, height_in, use_color, color, strength, cached],
+                         outputs=[status_box, results, downloads, cached])
+    return app
+
+
+THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def launch(model: Model, host: str = "127.0.0.1", port: int | None = None) -> tuple[gr.Blocks, str]:
+    """Start the page in the background; returns the app and its address. One generation at a time."""
+    app = build_app(model).queue(default_concurrency_limit=1)
+    try:
+        _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                               show_error=True, css=CSS, theme=gr.themes.Default(**THEME_FONTS))  # no web fonts: offline
+    except OSError as e:
+        raise LeakstyleError(f"cannot serve on {host}:{port or 'any port from 7860'}: {e}; choose another --port") from None
+    return app, url
+
+
+def serve(model: str | os.PathLike | None = None, device: str | None = None, host: str = "127.0.0.1",
+          port: int | None = None) -> None:
+    """`leakstyle ui`: load the model, start the page, print its address and serve until Ctrl+C."""
+    app, url = launch(open_model(model, device), host, port)
+    print(f"leakstyle ui: open {url} (Ctrl+C stops it)", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
