@@ -187,6 +187,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# -- report ------------------------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from .files import load
+    from .images import list_images
+    from .pipeline import load_pipeline
+    from .report import check_out, parse_colors, read_prompts, run_report
+    from .schedulers import make_scheduler
+
+    check_out(args.out, args.force)
+    prompts, colors = read_prompts(args.prompts), parse_colors(args.colors)
+    reference = list_images(args.reference)
+    style = load(args.style) if args.style else None
+    pipe = load_pipeline(args.model, device=args.device)
+    if args.scheduler:
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    index = run_report(pipe, reference, args.out, style=style, style_name=args.style, prompts=prompts, n=args.n,
+                       colors=colors, per_color=args.per_color, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                       model_name=str(args.model or "leakstyle mini-sd (embedded)"), force=args.force,
+                       progress=not args.quiet)
+    print(f"report written: {index.resolve()}")
+    return 0
+
+
 # -- ui ----------------------------------------------------------------------------------------------
 def cmd_ui(args) -> int:
     from .ui import serve
@@ -278,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-n", type=int, default=48, help="images per set in the mean-colour plot")
     common(d)
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("report", help="measure pure noise vs the leak against reference images (report.html)")
+    r.add_argument("--reference", nargs="+", required=True, help="reference image files and/or folders")
+    r.add_argument("--style", default=None, help="style file (default: a leak fitted to the reference images)")
+    r.add_argument("--prompts", default=None, help="text file, one prompt per line, cycled (default: 32 emoji names)")
+    r.add_argument("-n", type=int, default=256, help="images per set (default 256)")
+    r.add_argument("--colors", default=None, help="also measure colour control: '#rrggbb,#rrggbb,...'")
+    r.add_argument("--per-color", type=int, default=32, help="images per requested colour (default 32, at most n)")
+    r.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None)
+    r.add_argument("--steps", type=int, default=25)
+    r.add_argument("--guidance", type=float, default=7.5)
+    r.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    r.add_argument("--out", required=True, help="output folder")
+    common(r)
+    r.set_defaults(func=cmd_report)
 
     t = sub.add_parser("finetune", help="Diffusion in Style: fine-tune the UNet with noise from the style distribution",
                        description="Fine-tune a model on style images with noise drawn from their style distribution "
