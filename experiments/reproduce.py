@@ -98,8 +98,8 @@ def bias(pipe, data: Path, n: int, size, gen, n_boot: int, seed: int, out: Path,
     from training.dataset import load_manifest
 
     order = np.random.default_rng(seed).permutation(len(load_manifest(google, "train")))
-    reference, captions = composites(google, "train", order[:n], size, seed)
-    fit_images, _ = composites(google, "train", order[n:2 * n], size, seed)
+    images, captions = composites(google, "train", order[:2 * n], size, seed)
+    reference, captions, fit_images = images[:n], captions[:n], images[n:]
     style = fit([save_pngs(fit_images, workdir / "bias-fit")], pipe=pipe, kind="dct", components=3, progress=False)
     noise_images = gen(captions)
     leak_images = gen(captions, style=style)
