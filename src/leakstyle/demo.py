@@ -21,7 +21,7 @@ from .images import list_images, open_image, resize_and_crop
 from .pipeline import generate
 
 ASSETS = Path(__file__).parent / "assets"
-PROMPTS = ("grinning face", "red heart", "cat face", "rocket", "sun", "pizza", "ghost", "evergreen tree")
+PROMPTS = ("grinning face", "green heart", "cat face", "rocket", "sun with face", "slice of pizza", "ghost", "evergreen tree")
 COLORS = {"dark": "#141414", "bright": "#f0f0f0", "red": "#d01818", "blue": "#1838d0"}
 
 
