@@ -233,6 +233,7 @@ CSS = """
 .results img { width: 192px; height: auto; border: 1px solid #8884; display: block; }
 .results img.pixelated { image-rendering: pixelated; }
 .results td, .results th { padding: 4px 10px; vertical-align: top; text-align: left; }
+.placeholder { min-height: 120px; color: #888; }  /* room for the progress bar */
 .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #8888; vertical-align: middle;
           margin: 0 0.3em; border-radius: 3px; }
 """
@@ -294,7 +295,8 @@ def build_app(model: Model) -> gr.Blocks:
                         strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength", elem_id="strength")
                 run_button = gr.Button("Generate", variant="primary", elem_id="generate")
         status_box = gr.Markdown("Ready.", elem_id="status")
-        results = gr.HTML(elem_id="results")
+        results = gr.HTML('<p class="placeholder">Each image from the leak appears here beside the image from pure '
+                          'noise with the same seed.</p>', elem_id="results")
         downloads = gr.File(label="Downloads: PNGs with their parameters, and the style file", file_count="multiple",
                             interactive=False, height=160, elem_id="downloads")
         cached = gr.State(None)
@@ -312,7 +314,7 @@ def build_app(model: Model) -> gr.Blocks:
         run_button.click(generate_clicked,
                          inputs=[source, images, style_file, kind, components, prompt, negative, seed, steps, scheduler,
                                  guidance, num_images, width_in, height_in, use_color, color, strength, cached],
-                         outputs=[status_box, results, downloads, cached])
+                         outputs=[status_box, results, downloads, cached], show_progress_on=results)
     return app
 
 
@@ -326,7 +328,8 @@ def launch(model: Model, host: str = "127.0.0.1", port: int | None = None) -> tu
         _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                                show_error=True, css=CSS, theme=gr.themes.Default(**THEME_FONTS))  # no web fonts: offline
     except OSError as e:
-        raise LeakstyleError(f"cannot serve on {host}:{port or 'any port from 7860'}: {e}; choose another --port") from None
+        reason = str(e).split(". ")[0]  # Gradio goes on about its own parameters
+        raise LeakstyleError(f"cannot serve on {host}:{port or 'a port from 7860'}: {reason}; choose another --port") from None
     return app, url
 
 
