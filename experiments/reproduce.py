@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -207,6 +208,7 @@ def style_adaptation(pipe, data: Path, n: int, size, gen, n_boot: int, seed: int
 
 
 # -- main --------------------------------------------------------------------------------------------
+@torch.no_grad()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the embedded mini-sd)")
@@ -230,7 +232,6 @@ def main(argv=None) -> int:
             print(f"reproduce: no emoji data at {args.data / s}; run: python -m training.fetch_data", file=sys.stderr)
             return 2
 
-    import torch
 
     from leakstyle.leak import image_size
     from leakstyle.pipeline import load_pipeline
@@ -241,7 +242,6 @@ def main(argv=None) -> int:
     except LeakstyleError as e:
         print(f"reproduce: {e}", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     out.mkdir(parents=True, exist_ok=True)
     height, width = image_size(pipe)
     size = (width, height)

@@ -104,9 +104,9 @@ def test_report_with_a_style_file_and_default_prompts(tmp_path, sd_path, referen
 
 # -- pieces ------------------------------------------------------------------------------------------
 def test_generate_set_gives_image_i_prompt_i_and_seed_plus_i(sd):
-    torch.set_grad_enabled(False)
-    images = report.generate_set(sd, ["a cat", "a dog", "a fox"], seed=3, steps=1, batch_size=2)
-    alone = generate(sd, "a fox", seed=5, num_inference_steps=1)[0]
+    with torch.no_grad():
+        images = report.generate_set(sd, ["a cat", "a dog", "a fox"], seed=3, steps=1, batch_size=2)
+        alone = generate(sd, "a fox", seed=5, num_inference_steps=1)[0]
     assert np.array_equal(np.asarray(images[2]), np.asarray(alone))
 
 

@@ -92,6 +92,7 @@ a leak fitted to the reference images: pure noise squeezes the colours toward me
 """)
 
 
+@torch.no_grad()
 def run_demo(pipe, out: Path, model_name: str, steps: int = 20, n: int = 48, prompts=PROMPTS, assets: Path = ASSETS,
              force: bool = False, progress: bool = True) -> Path:
     """Write grid.png, mean-colors.png and index.html into `out`; returns the index.html path."""
@@ -104,7 +105,6 @@ def run_demo(pipe, out: Path, model_name: str, steps: int = 20, n: int = 48, pro
         if not folder.is_dir():
             raise LeakstyleError(f"demo assets missing: {folder}; reinstall leakstyle")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
 
     bar = tqdm(total=len(prompts) * (2 + len(COLORS)) + 2 * n, unit="img", desc="demo", disable=not progress)
     twitter = fit(twemoji, pipe=pipe, kind="dct", components=3, progress=False)
