@@ -264,3 +264,27 @@ def test_a_finished_run_needs_resume_or_force_and_other_options_are_refused(full
     assert "--resume" in run_error(argv, capsys)
     assert "lr" in run_error(argv + ["--lr", "0.5", "--resume"], capsys)
     assert main(argv + ["--resume"]) == 0  # already done: nothing to train
+
+
+def test_force_starts_a_previous_run_over_with_new_options(tmp_path, images, sd_path):
+    out = finetune(images, tmp_path / "run", model=sd_path, steps=1, progress=False)
+    finetune(images, out, model=sd_path, steps=1, lr=2e-5, force=True, progress=False)
+    record = json.loads((out / "finetune.json").read_text())
+    assert (record["status"], record["options"]["lr"]) == ("done", 2e-5)
+
+
+# -- the experiment ----------------------------------------------------------------------------------
+def test_the_experiment_runs_in_quick_mode(tmp_path, sd_path):
+    pytest.importorskip("leakstyle.metrics")
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(__file__).resolve().parents[1] / "experiments" / "diffusion_in_style.py"
+    spec = importlib.util.spec_from_file_location("diffusion_in_style", file)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    data = experiment.synthetic_data(tmp_path / "data")
+    results = experiment.main(["--quick", "--model", str(sd_path), "--data", str(data), "--heldout", "2",
+                               "--out", str(tmp_path / "out")])
+    assert {(r.get("noise"), r.get("steps")) for r in results} >= {("style", 2), ("standard", 2)}
+    assert all(np.isfinite(r["distance"]) for r in results) and (tmp_path / "out" / "results.md").is_file()

@@ -220,6 +220,8 @@ def cmd_ui(args) -> int:
 
 # -- finetune ----------------------------------------------------------------------------------------
 def cmd_finetune(args) -> int:
+    from accelerate import PartialState
+
     from .finetune import finetune
 
     out = finetune(args.images, args.out, model=args.model, prompt=args.prompt, steps=args.steps, lr=args.lr,
@@ -228,8 +230,9 @@ def cmd_finetune(args) -> int:
                    seed=args.seed, lora=args.lora, noise=args.noise, kind=args.type, components=args.components,
                    checkpoint_every=args.checkpoint_every, resume=args.resume, force=args.force, device=args.device,
                    progress=not args.quiet)
-    print(f"fine-tuned ({'LoRA rank ' + str(args.lora) if args.lora else 'full'}, {args.noise} noise, {args.steps} steps) "
-          f"-> {out}; generate with: leakstyle generate --model {out} --prompt ...")
+    if PartialState().is_main_process:  # once, under `accelerate launch` too
+        print(f"fine-tuned ({'LoRA rank ' + str(args.lora) if args.lora else 'full'}, {args.noise} noise, {args.steps} "
+              f"steps) -> {out}; generate with: leakstyle generate --model {out} --prompt ...")
     return 0
 
 

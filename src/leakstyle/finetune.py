@@ -174,8 +174,8 @@ def differing(recorded: dict, options: Options) -> list[str]:
             if k not in RESUMABLE_CHANGES and recorded.get(k) != now[k]]
 
 
-def plan_output(out: Path, options: Options, resume: bool, force: bool) -> int:
-    """Decide, before any work, what to do with `out`: start fresh (0) or resume from the returned step.
+def plan_output(out: Path, options: Options, resume: bool, force: bool) -> tuple[int, bool]:
+    """Decide, before any work, what to do with `out`: (step to resume from, 0 to start; whether to clear it first).
 
     A folder that holds anything but a leakstyle finetune run is refused (and never deleted, even with force);
     a run with other options too (force starts it over). An existing run of this command needs --resume or --force.
@@ -185,12 +185,12 @@ def plan_output(out: Path, options: Options, resume: bool, force: bool) -> int:
     if not out.exists() or not any(out.iterdir()):
         if resume:
             raise LeakstyleError(f"nothing to resume: {out} holds no fine-tune run; run without --resume")
-        return 0
+        return 0, False
     record = read_record(out)
     if record is None:
         raise LeakstyleError(f"{out} already holds other files; give --out an empty or new folder")
     if force:
-        return -1
+        return 0, True
     diff = differing(record["options"], options)
     if diff:
         raise LeakstyleError(f"{out} holds a fine-tune run with other options ({'; '.join(diff[:3])}); "
@@ -204,7 +204,7 @@ def plan_output(out: Path, options: Options, resume: bool, force: bool) -> int:
                              f"pass --force instead of --resume to start over")
     if done[-1][0] > options.steps:
         raise LeakstyleError(f"{out} is already trained for {done[-1][0]} steps, more than --steps {options.steps}")
-    return done[-1][0]
+    return done[-1][0], False
 
 
 def fsync_tree(folder: Path) -> None:
@@ -309,12 +309,12 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
     resolution = "x".join(map(str, parse_resolution(resolution))) if resolution is not None else None
     base = model if model is None or not Path(model).exists() else os.path.abspath(model)
     options = Options(model=None if base is None else str(base), images=digest_paths(paths),
-                      captions=digest_captions(captions), steps=steps, lr=lr or (1e-4 if lora else 1e-5),
+                      captions=digest_captions(captions), steps=steps, lr=lr if lr is not None else (1e-4 if lora else 1e-5),
                       batch_size=batch_size, grad_accum=grad_accum, resolution=resolution, mixed_precision=mixed_precision,
                       gradient_checkpointing=gradient_checkpointing, seed=seed, lora=lora, noise=noise, kind=kind,
                       components=components, checkpoint_every=checkpoint_every)
     check_options(options)
-    start = plan_output(out, options, resume, force)
+    start, clear = plan_output(out, options, resume, force)
     if start == steps and read_record(out)["status"] == "done":
         return out  # resumed a finished run: nothing left to do
 
@@ -353,15 +353,13 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     accelerator.wait_for_everyone()  # every process has checked `out` before the first write
     if main:
-        if start < 0:
+        if clear:
             shutil.rmtree(out)
-            start = 0
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_checkpoints(out)
         if start == 0:
             style.save(out / STYLE_FILE, force=True)
         write_record(out, options, "training", start)
-    start = max(start, 0)
     accelerator.wait_for_everyone()
     if start > 0:
         accelerator.load_state(str(checkpoints(out)[-1][1]))
@@ -458,7 +456,7 @@ def register_checkpoint_hooks(accelerator) -> None:
     def load_trainable(models, input_dir):
         while models:
             m = accelerator.unwrap_model(models.pop())
-            state = load_file(os.path.join(input_dir, "model.safetensors"), device=str(accelerator.device))
+            state = load_file(os.path.join(input_dir, "model.safetensors"))  # load_state_dict copies to the device
             expected = {k for k, v in m.named_parameters() if v.requires_grad}
             if set(state) != expected:
                 raise LeakstyleError(f"the checkpoint in {input_dir} does not match this model; use --force to start over")
