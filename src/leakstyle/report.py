@@ -317,7 +317,7 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
         style_name = f"dct statistics (3 components) fitted to the {len(paths)} reference images"
     cycled = cycle(prompts, n)
     common = dict(seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, bar=bar)
-    noise_images = generate_set(pipe, cycled, **common)
+    noise_images = generate_set(pipe, cycled, noise=None, **common)  # N(0, I), even for a fine-tuned model
     leak_images = generate_set(pipe, cycled, style=style, **common)
     color_runs = {c: {"leak": generate_set(pipe, cycled[:per_color], style=style, color=c, **common),
                       "pure noise": noise_images[:per_color]}
