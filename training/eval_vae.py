@@ -65,7 +65,7 @@ def evaluate(vae: AutoencoderKL, data: Path, per_emoji: int = 2, n_train: int = 
     ratio = predicted_std_ratio(sigma_m, h, w, abar)
     return {"psnr_eval_db": psnr(reconstruct(vae, x_eval), x_eval), "n_eval_images": len(x_eval),
             "latent_size": [h, w], "scaling_factor": vae.config.scaling_factor,
-            "sigma_m": sigma_m.tolist(), "sigma_m_rms": sigma_m.pow(2).mean().sqrt().item(),
+            "channel_mean": m.mean(0).tolist(), "sigma_m": sigma_m.tolist(), "sigma_m_rms": sigma_m.pow(2).mean().sqrt().item(),
             "abar_T": abar, "predicted_std_ratio": ratio.tolist(),
             "predicted_std_ratio_at_rms": predicted_std_ratio(sigma_m.pow(2).mean().sqrt(), h, w, abar).item()}
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate(load_vae(args.vae, args.checkpoint, args.data), args.data, args.per_emoji)
     print(f"PSNR on {r['n_eval_images']} held-out composites: {r['psnr_eval_db']:.2f} dB")
     print(f"latent {r['latent_size'][0]}x{r['latent_size'][1]}, scaling_factor {r['scaling_factor']:.4f}")
+    print("mean of channel means: " + ", ".join(f"{s:.3f}" for s in r["channel_mean"]))
     print("sigma_m per channel: " + ", ".join(f"{s:.3f}" for s in r["sigma_m"]) + f" (rms {r['sigma_m_rms']:.3f})")
     print(f"predicted std ratio (abar_T = {r['abar_T']:.5f}): "
           + ", ".join(f"{s:.3f}" for s in r["predicted_std_ratio"]) + f" (at rms {r['predicted_std_ratio_at_rms']:.3f})")
