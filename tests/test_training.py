@@ -215,3 +215,28 @@ def test_exported_pipeline_loads_plainly_with_sd15_schedule(tmp_path):
     assert pipe.scheduler.alphas_cumprod[999].item() == pytest.approx(0.068265**2, rel=1e-4)
     image = pipe("hello", num_inference_steps=2, height=64, width=64, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+
+
+def test_unet_training_smoke_run_checkpoints_and_resumes(emoji_dir, tmp_path):
+    tok = build_tokenizer.build_tokenizer(gzip.compress(b"#version: 0.2\nh e\nl l\n"), tmp_path / "tok")
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL(**TINY_VAE).eval().requires_grad_(False)
+    train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=2, batch_size=2, warmup=1, ckpt_every=1)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=3, batch_size=2, warmup=1, ckpt_every=1)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert logged == [2, 3]  # the resumed run appends to the loss curve
+
+
+def test_export_writes_demo_assets_with_attribution(emoji_dir, tmp_path):
+    from training import export_model
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("google", "twitter"):
+        (data / name).symlink_to(emoji_dir)
+    export_model.write_assets(data, tmp_path / "assets", n_twemoji=2, n_reference=3)
+    assert len(list((tmp_path / "assets" / "twemoji").glob("*.png"))) == 2
+    reference = sorted((tmp_path / "assets" / "reference").glob("*.png"))
+    assert len(reference) == 3 and Image.open(reference[0]).size == (64, 64)
+    assert "CC-BY 4.0" in (tmp_path / "assets" / "ATTRIBUTION.md").read_text()
