@@ -23,17 +23,9 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
-# Until the embedded model ships, the demo fits a style and generates with a model you name:
-#   make demo MODEL=path/or/hub-id IMAGES=folder-of-style-images PROMPT="a photo of a cat"
-MODEL ?=
-IMAGES ?=
-PROMPT ?= a photo of a cat
+# The main job: the whole method on the embedded miniature model, offline, on a CPU, in about a minute.
 demo: $(STAMP)
-	@test -n "$(MODEL)" -a -n "$(IMAGES)" || { echo "make demo needs MODEL=<diffusers folder or hub id> IMAGES=<folder of style images>"; exit 2; }
-	$(VENV)/bin/leakstyle fit $(IMAGES) --model $(MODEL) -o leakstyle-demo/style.safetensors --force
-	$(VENV)/bin/leakstyle generate --model $(MODEL) --style leakstyle-demo/style.safetensors --prompt "$(PROMPT)" \
-		--num-images 4 --baseline --out leakstyle-demo --force
-	@echo "images in leakstyle-demo/"
+	$(VENV)/bin/leakstyle demo --force
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
