@@ -212,6 +212,8 @@ def test_exported_pipeline_loads_plainly_with_sd15_schedule(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", torch_dtype=torch.float32)
     pipe.scheduler.set_timesteps(50)
     assert int(pipe.scheduler.timesteps[0]) == 981
+    from diffusers import DDPMScheduler as DDPM
+    assert DDPM.from_config(pipe.scheduler.config).config.clip_sample is False  # clamping would grey all colours
     assert pipe.scheduler.alphas_cumprod[999].item() == pytest.approx(0.068265**2, rel=1e-4)
     image = pipe("hello", num_inference_steps=2, height=64, width=64, output_type="np").images
     assert image.shape == (1, 64, 64, 3)

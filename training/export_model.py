@@ -3,8 +3,8 @@
     python -m training.export_model                       # latest UNet checkpoint -> src/leakstyle/models/mini-sd
     python -m training.export_model --smoke --checkpoint /tmp/unet-smoke/checkpoint.pt --out /tmp/mini-sd --assets /tmp/assets
 
-Writes an fp16 StableDiffusionPipeline folder (PNDM scheduler config as SD 1.5 ships, DDIM/Euler/... all
-work) and src/leakstyle/assets/: `twemoji/` (20 Twitter-style emoji of the training split, CC-BY 4.0, for
+Writes an fp16 StableDiffusionPipeline folder (DDIM with SD 1.5's schedule and clip_sample False; every
+scheduler of leakstyle works from its config) and src/leakstyle/assets/: `twemoji/` (20 Twitter-style emoji of the training split, CC-BY 4.0, for
 the demo's training-free style adaptation), `reference/` (32 training composites: Noto emoji on random
 backgrounds, Apache-2.0, for the demo's mean-colour plot) and ATTRIBUTION.md. The model card
 (README.md in the model folder) is kept when it exists: it is written by hand from measured figures.

@@ -4,8 +4,8 @@ A small CLIPTextModel (the real CLIP vocabulary, 77 positions) and a UNet2DCondi
 latents are trained together with Stable Diffusion's epsilon loss on SD 1.5's exact schedule
 (scaled_linear 0.00085..0.012, 1000 steps), so the model learns to read the background colour from the
 signal leak sqrt(abar_t) z0 at large t, as SD does. 10% of captions are replaced by "" for
-classifier-free guidance. The export is a StableDiffusionPipeline folder (PNDM, steps_offset 1, as SD 1.5
-ships) that loads with a plain ``StableDiffusionPipeline.from_pretrained(folder)``.
+classifier-free guidance. The export is a StableDiffusionPipeline folder (DDIM, steps_offset 1,
+clip_sample False) that loads with a plain ``StableDiffusionPipeline.from_pretrained(folder)``.
 
     python -m training.train_unet [--steps N] [--max-minutes M]   # resumes from <run>/checkpoint.pt
     python -m training.train_unet --smoke --run /tmp/unet-smoke    # a few steps, for CI
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from training.dataset import EmojiComposites
@@ -149,9 +149,12 @@ def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, s
 
 def export_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                     unet: UNet2DConditionModel, out: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Save a StableDiffusionPipeline folder (SD 1.5's PNDM scheduler config, no safety checker)."""
+    """Save a StableDiffusionPipeline folder (DDIM with SD 1.5's schedule, no safety checker).
+
+    clip_sample must be False in the saved config (SD 1.5's has it too): schedulers built from it with
+    from_config (DDIM, DDPM) would otherwise clamp the predicted latent to [-1, 1] and grey every colour."""
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False),
+                                   scheduler=DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
