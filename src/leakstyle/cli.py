@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole method on one page (offline, about a minute on a CPU)")
     d.add_argument("--out", default="leakstyle-demo", help="output folder (default leakstyle-demo/)")
-    d.add_argument("--steps", type=int, default=20)
-    d.add_argument("-n", type=int, default=48, help="images per set in the mean-colour plot")
+    d.add_argument("--steps", type=int, default=15)
+    d.add_argument("-n", type=int, default=40, help="images per set in the mean-colour plot")
     common(d)
     d.set_defaults(func=cmd_demo)
 
