@@ -109,7 +109,8 @@ def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, s
     if ckpt:
         unet.load_state_dict(ckpt["unet"])
         text_encoder.load_state_dict(ckpt["text_encoder"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # the committed slim checkpoint (training/artifacts/unet) has none: Adam restarts
+            opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
     ds = EmojiComposites(data, "train", seed=seed, repeats=10**6)
     loss_fn = EpsilonLoss(DDPMScheduler(**SD15_SCHEDULE, clip_sample=False))
