@@ -14,15 +14,7 @@ from safetensors.torch import save_file
 from leakstyle import files
 from leakstyle.cli import main
 
-
-def write_images(folder, n=6, size=32, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        base = rng.integers(0, 256, 3)
-        arr = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"img{i}.png")
-    return folder
+from helpers import run_error, write_images
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +27,6 @@ def style_file(tmp_path_factory, images, sd_path):
     out = tmp_path_factory.mktemp("style") / "style.safetensors"
     assert main(["fit", str(images), "--model", str(sd_path), "-o", str(out), "--quiet"]) == 0
     return out
-
-
-def run_error(argv, capsys):
-    """Run the CLI expecting a user error; return its single stderr line."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    errors = [line for line in err if line.startswith("leakstyle: error:")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 def test_fit_writes_a_style_file_for_the_model(style_file):

@@ -19,18 +19,17 @@ from leakstyle.pipeline import generate, load_pipeline
 from leakstyle.schedule import leak_at_first_step
 from leakstyle.testing import SD15_SCHEDULE
 
+from helpers import run_error
+from helpers import write_images as shared_write_images
+
 FAST = dict(steps=2, batch_size=2, progress=False)
 
 
-def write_images(folder, n=6, size=32, seed=0, captions=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        arr = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"img{i}.png")
-        lines.append(json.dumps({"file_name": f"img{i}.png", "text": f"emoji number {i}"}))
+def write_images(folder, n=6, seed=0, captions=True):
+    """Style images with a metadata.jsonl of captions (the diffusers ImageFolder convention)."""
+    shared_write_images(folder, n=n, seed=seed)
     if captions:
+        lines = [json.dumps({"file_name": f"img{i}.png", "text": f"emoji number {i}"}) for i in range(n)]
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -52,16 +51,6 @@ def lora_run(tmp_path_factory, images, sd_path):
 
 def unet_weights(folder):
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
-
-
-def run_error(argv, capsys):
-    """Run the CLI expecting a user error; return its single stderr line."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    errors = [line for line in err if line.startswith("leakstyle: error:")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 # -- the loss ----------------------------------------------------------------------------------------

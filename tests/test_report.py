@@ -15,17 +15,14 @@ from leakstyle import report
 from leakstyle.cli import main
 from leakstyle.pipeline import generate
 
+from helpers import run_error, write_images
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ref")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        arr = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"ref{i}.png")
-    return folder
+    return write_images(tmp_path_factory.mktemp("ref"))
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +35,6 @@ def cli_report(tmp_path_factory, sd_path, reference):
                  "--steps", "1", "--colors", "#ff0000, #1E90FF", "--per-color", "2", "--out", str(out), "--quiet"])
     assert code == 0
     return out
-
-
-def run_error(argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    errors = [line for line in err if line.startswith("leakstyle: error:")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 # -- end to end --------------------------------------------------------------------------------------
@@ -128,7 +116,7 @@ def test_missing_reference(tmp_path, sd_path, capsys):
 
 
 def test_a_single_reference_image_is_too_few(tmp_path, sd_path, reference, capsys):
-    line = run_error(["report", "--model", str(sd_path), "--reference", str(reference / "ref0.png"), "-n", "2",
+    line = run_error(["report", "--model", str(sd_path), "--reference", str(reference / "img0.png"), "-n", "2",
                       "--out", str(tmp_path / "o")], capsys)
     assert "at least 2" in line
 

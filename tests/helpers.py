@@ -1,0 +1,26 @@
+"""Helpers the test files share: a folder of small test images, and running the CLI into a user error."""
+
+import numpy as np
+from PIL import Image
+
+from leakstyle.cli import main
+
+
+def write_images(folder, n=6, size=32, seed=0):
+    """n PNGs of random flat colours with some noise, img0.png .. img{n-1}.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+def run_error(argv, capsys):
+    """Run the CLI expecting a user error; return its single stderr line."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("leakstyle: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
