@@ -23,6 +23,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from leakstyle.testing import bytes_to_unicode  # CLIP's byte map, shared with the tiny test tokenizer
+
 OPEN_CLIP = "open-clip-torch==3.3.0"
 BPE_IN_WHEEL = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2  # the merges CLIP uses: lines 1 .. 48894 of the file (line 0 is a header)
@@ -30,19 +32,6 @@ MODEL_MAX_LENGTH = 77
 CHECK_TEXT, CHECK_IDS = "a photo of a cat", [49406, 320, 1125, 539, 320, 2368, 49407]
 DEFAULT_OUT = Path(__file__).resolve().parent / "runs" / "tokenizer"
 WHEEL_CACHE = Path(__file__).resolve().parent / "data" / "wheels"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def read_merges(bpe_gz: bytes) -> list[tuple[str, str]]:
