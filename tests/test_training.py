@@ -231,6 +231,86 @@ def test_unet_training_smoke_run_checkpoints_and_resumes(emoji_dir, tmp_path):
     assert logged == [2, 3]  # the resumed run appends to the loss curve
 
 
+def tiny_unet_run(emoji_dir: Path, tmp_path: Path):
+    """A tokenizer and a frozen tiny VAE for the UNet-stage tests."""
+    from diffusers import AutoencoderKL
+    tok = build_tokenizer.build_tokenizer(gzip.compress(b"#version: 0.2\nh e\nl l\n"), tmp_path / "tok")
+    return AutoencoderKL(**TINY_VAE).eval().requires_grad_(False), tok
+
+
+def test_batches_built_by_worker_processes_equal_those_built_inline(emoji_dir, tmp_path):
+    _, tok = tiny_unet_run(emoji_dir, tmp_path)
+    batches = train_unet.Batches(EmojiComposites(emoji_dir, "train", repeats=100), tok, batch_size=3, seed=5)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(4, 8), num_workers=2)
+    for step, (x, ids) in zip(range(4, 8), loader):
+        x0, ids0 = batches[step]
+        assert torch.equal(x, x0) and torch.equal(ids, ids0)
+    assert not torch.equal(batches[4][0], batches[5][0])
+
+
+def test_ema_starts_close_to_the_weights_and_then_averages_slowly():
+    w = torch.nn.Parameter(torch.zeros(3))
+    ema = train_unet.EMA([w], decay=0.999)
+    with torch.no_grad():
+        w.fill_(1.0)
+    ema.update()  # decay warms up: min(0.999, 1/10) = 0.1
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 0.9))
+    for _ in range(9000):  # (1 + n) / (10 + n) reaches 0.999 at n = 8991
+        ema.update()
+    with torch.no_grad():
+        w.fill_(2.0)
+    ema.update()  # now decay 0.999
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 1.001), atol=1e-5)
+    restored = train_unet.EMA([w], 0.999, ema.state_dict())
+    assert restored.n == ema.n and torch.equal(restored.shadow[0], ema.shadow[0])
+
+
+def test_steps_for_budget_fills_the_time_left():
+    assert train_unet.steps_for_budget(100, rate=10.0, seconds_left=60.0, margin=1.0) == 700
+    assert train_unet.steps_for_budget(100, rate=10.0, seconds_left=0.0) == 101
+
+
+def test_budget_run_stores_its_total_and_ends_its_cosine_there(emoji_dir, tmp_path):
+    vae, tok = tiny_unet_run(emoji_dir, tmp_path)
+    train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=10**6, batch_size=2, lr=1e-3, warmup=10,
+                     ckpt_every=10**6, log_every=1, budget_minutes=0.05)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["total_steps"] == ckpt["step"] > 5  # the probe took 5 steps, then the budget fixed the total
+    rows = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    total = ckpt["step"]
+    assert rows[-1]["step"] == total and rows[-1]["lr"] == pytest.approx(train_unet.lr_at(total - 1, total, 1e-3, 10), abs=1e-6)
+    assert rows[-1]["lr"] < max(r["lr"] for r in rows)  # the cosine, planned for that total, has come down
+    # resuming the finished run takes no step, whatever --steps says
+    train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=10**6, batch_size=2, lr=1e-3, warmup=10,
+                     budget_minutes=0.05)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == ckpt["step"]
+
+
+def test_export_takes_the_ema_weights_and_the_slim_checkpoint_resumes_with_a_new_warm_up(emoji_dir, tmp_path):
+    from training import export_model
+    vae, tok = tiny_unet_run(emoji_dir, tmp_path)
+    unet, text = train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=3, batch_size=2, lr=1e-3, warmup=1)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    n = len(list(unet.parameters()))
+    exported, _, step = export_model.load_trained(tmp_path / "run" / "checkpoint.pt")
+    assert step == 3
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, unet.state_dict()[name])  # train() returns the averages too
+    assert torch.equal(dict(exported.named_parameters())["conv_in.weight"], ckpt["ema"]["shadow"][0])
+    assert not torch.equal(ckpt["unet"]["conv_in.weight"], ckpt["ema"]["shadow"][0])  # raw weights differ
+    assert len(ckpt["ema"]["shadow"]) == n + len(list(text.parameters()))
+
+    slim = export_model.save_slim_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "slim")
+    light = torch.load(slim, weights_only=False)
+    assert {"optimizer", "ema", "total_steps"}.isdisjoint(light) and light["weights"] == "ema"
+    assert torch.equal(light["unet"]["conv_in.weight"], ckpt["ema"]["shadow"][0])
+    train_unet.train(tmp_path / "slim", emoji_dir, vae, tok, steps=8, batch_size=2, lr=1e-3, warmup=4, log_every=1)
+    rows = [json.loads(line) for line in (tmp_path / "slim" / "loss.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r["step"] > 3]
+    assert resumed[0]["lr"] < resumed[1]["lr"] < resumed[2]["lr"]  # Adam restarted: warm up again from step 3
+    assert resumed[0]["lr"] == pytest.approx(train_unet.lr_at(3, 8, 1e-3, 4) / 4, abs=1e-6)
+
+
 def test_export_writes_demo_assets_with_attribution(emoji_dir, tmp_path):
     from training import export_model
     data = tmp_path / "data"

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from training.dataset import EmojiComposites, load_manifest
 from training.loop import save_atomic
-from training.train_unet import export_pipeline
+from training.train_unet import export_pipeline, named_ema
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent / "src" / "leakstyle"
@@ -42,11 +42,16 @@ ATTRIBUTION = """# Attribution of the demo images
 
 
 def load_trained(checkpoint: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, int]:
+    """UNet and text encoder of a train_unet checkpoint, with the EMA averages where it has them."""
     ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
     unet = UNet2DConditionModel.from_config(ckpt["unet_config"])
     unet.load_state_dict(ckpt["unet"])
     text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(ckpt["text_config"]))
     text_encoder.load_state_dict(ckpt["text_encoder"])
+    if "ema" in ckpt:
+        n = len(list(unet.parameters()))
+        unet.load_state_dict(named_ema(unet, ckpt["ema"]["shadow"][:n]))
+        text_encoder.load_state_dict(named_ema(text_encoder, ckpt["ema"]["shadow"][n:]))
     return unet.eval(), text_encoder.eval(), ckpt["step"]
 
 
@@ -71,11 +76,14 @@ def write_assets(data: Path, assets: Path, n_twemoji: int = 20, n_reference: int
 
 
 def save_slim_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """The UNet run's weights, configs and step without the optimizer state (37 MB instead of 110 MB), and its
-    loss curve, committed so that a later session can resume training: copy checkpoint.pt to
+    """The UNet run's exported weights (the EMA averages), configs and step, without the optimizer state or the
+    raw weights (37 MB instead of 150 MB), and its loss curve, committed so that a later session can resume training: copy checkpoint.pt to
     training/runs/unet/ and rerun train_unet with a larger --steps (Adam's moments restart from zero)."""
     ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
-    ckpt.pop("optimizer", None)
+    unet, text_encoder, _ = load_trained(checkpoint)
+    ckpt.update(unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), weights="ema")
+    for key in ("optimizer", "ema", "total_steps"):  # a resumed run takes its length from --steps
+        ckpt.pop(key, None)
     folder.mkdir(parents=True, exist_ok=True)
     save_atomic(ckpt, folder / "checkpoint.pt")
     if (checkpoint.parent / "loss.jsonl").exists():

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from torch.utils.data import Dataset
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from training.dataset import EmojiComposites
@@ -56,7 +57,10 @@ def unet_config(block_out_channels: tuple[int, ...] = (64, 128, 128), cross_atte
 
 
 class EpsilonLoss:
-    """Stable Diffusion's loss: || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c) ||^2."""
+    """Stable Diffusion's loss: || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c) ||^2.
+
+    t and eps are drawn on the CPU from `generator` and then moved to z0's device, so a run draws the same
+    noise on any device."""
 
     def __init__(self, scheduler: DDPMScheduler):
         self.abar = scheduler.alphas_cumprod
@@ -65,10 +69,10 @@ class EpsilonLoss:
     def __call__(self, unet: UNet2DConditionModel, z0: torch.Tensor, cond: torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
         t = torch.randint(0, self.T, (z0.shape[0],), generator=generator)
-        eps = torch.randn(z0.shape, generator=generator)
-        abar_t = self.abar[t].view(-1, 1, 1, 1).to(z0.dtype)
+        eps = torch.randn(z0.shape, generator=generator).to(z0.device)
+        abar_t = self.abar[t].view(-1, 1, 1, 1).to(z0.device, z0.dtype)
         x_t = abar_t.sqrt() * z0 + (1 - abar_t).sqrt() * eps
-        return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, eps)
+        return F.mse_loss(unet(x_t, t.to(z0.device), encoder_hidden_states=cond).sample, eps)
 
 
 def drop_captions(captions: list[str], rng: np.random.Generator, p: float = 0.1) -> list[str]:
@@ -76,11 +80,15 @@ def drop_captions(captions: list[str], rng: np.random.Generator, p: float = 0.1)
     return ["" if rng.random() < p else c for c in captions]
 
 
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    """[B, 77] token ids, padded as StableDiffusionPipeline pads them."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def encode_text(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     """[B, 77, D] last hidden states, as StableDiffusionPipeline computes them."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(tokenize(tokenizer, captions))[0]
 
 
 def load_vae(folder: Path, allow_untrained: bool) -> AutoencoderKL:
@@ -94,58 +102,143 @@ def load_vae(folder: Path, allow_untrained: bool) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
+class Batches(Dataset):
+    """Item s is the whole batch of step s: images [B, 3, 64, 64] and token ids [B, 77], captions dropped.
+
+    A pure function of (seed, s), so DataLoader workers can build batches ahead in any order."""
+
+    def __init__(self, ds: EmojiComposites, tokenizer: CLIPTokenizer, batch_size: int, seed: int):
+        self.ds, self.tokenizer, self.batch_size, self.seed = ds, tokenizer, batch_size, seed
+
+    def __len__(self) -> int:
+        return 10**12
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, captions = collate(self.ds, batch_indices(self.seed, step, self.batch_size, len(self.ds.rows)))
+        return x, tokenize(self.tokenizer, drop_captions(captions, np.random.default_rng([self.seed, step, 11])))
+
+
+class EMA:
+    """Exponential moving average of weights, the copy that is exported (as in LDM and SD training).
+
+    decay warms up as (1 + n) / (10 + n) so the average is not dominated by the random initialisation."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float, state: dict | None = None):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+        self.n = 0
+        if state is not None:
+            for s, v in zip(self.shadow, state["shadow"]):
+                s.copy_(v)
+            self.n = state["n"]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+        self.n += 1
+
+    def state_dict(self) -> dict:
+        return {"shadow": [s.cpu() for s in self.shadow], "n": self.n}
+
+
+def named_ema(module: torch.nn.Module, shadow: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """module.state_dict() with its parameters replaced by their averages (buffers as they are)."""
+    sd = {k: v.cpu() for k, v in module.state_dict().items()}
+    for (name, _), s in zip(module.named_parameters(), shadow):
+        sd[name] = s.cpu()
+    return sd
+
+
+def steps_for_budget(step: int, rate: float, seconds_left: float, margin: float = 0.97) -> int:
+    """Total step count that the measured rate (steps/s) reaches within the seconds left."""
+    return step + max(1, int(margin * rate * seconds_left))
+
+
 def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, steps: int, batch_size: int = 32,
           lr: float = 3e-4, warmup: int = 200, seed: int = 0, ckpt_every: int = 250, log_every: int = 10,
-          max_minutes: float | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Train (or resume) text encoder + UNet in run/ until `steps` or `max_minutes`."""
+          max_minutes: float | None = None, budget_minutes: float | None = None, ema_decay: float = 0.999,
+          device: str = "cpu", workers: int = 0) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Train (or resume) text encoder + UNet in run/ until `steps` or `max_minutes`.
+
+    budget_minutes instead fixes `steps` from the speed measured over the first steps (still inside the
+    warm-up, whose learning rate does not depend on the total), so that the cosine schedule ends when the
+    budget does; the total is stored in the checkpoint and a resumed run keeps it."""
     ckpt_path = run / "checkpoint.pt"
     torch.manual_seed(seed)
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") if ckpt_path.exists() else None
     unet = UNet2DConditionModel.from_config(ckpt["unet_config"] if ckpt else unet_config())
     text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(ckpt["text_config"]) if ckpt else text_encoder_config())
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     step = 0
     if ckpt:
         unet.load_state_dict(ckpt["unet"])
         text_encoder.load_state_dict(ckpt["text_encoder"])
-        if "optimizer" in ckpt:  # the committed slim checkpoint (training/artifacts/unet) has none: Adam restarts
-            opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-    ds = EmojiComposites(data, "train", seed=seed, repeats=10**6)
+    unet.to(device), text_encoder.to(device), vae.to(device)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.startswith("cuda"))
+    rewarm_from = None
+    if ckpt and "optimizer" in ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+    elif ckpt:  # the committed slim checkpoint (training/artifacts/unet) has none: Adam restarts, so warm up again
+        rewarm_from = step
+    ema = EMA(params, ema_decay, ckpt.get("ema") if ckpt else None)
+    probe, budget_total = None, ckpt.get("total_steps") if ckpt else None
+    if budget_total:
+        steps = budget_total
+    elif budget_minutes:
+        n = max(1, min(100, warmup // 2))
+        probe_from, probe, steps = step + n // 5, step + n, 10**12
     loss_fn = EpsilonLoss(DDPMScheduler(**SD15_SCHEDULE, clip_sample=False))
     log = LossLog(run / "loss.jsonl", step)
+    batches = torch.utils.data.DataLoader(
+        Batches(EmojiComposites(data, "train", seed=seed, repeats=10**6), tokenizer, batch_size, seed),
+        batch_size=None, sampler=range(step, 10**12), num_workers=workers,
+        prefetch_factor=4 if workers else None, pin_memory=device.startswith("cuda"))
 
     def checkpoint() -> None:
-        save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                     "optimizer": opt.state_dict(), "step": step, "unet_config": dict(unet.config),
+        save_atomic({"unet": {k: v.cpu() for k, v in unet.state_dict().items()},
+                     "text_encoder": {k: v.cpu() for k, v in text_encoder.state_dict().items()},
+                     "optimizer": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                     "total_steps": budget_total, "unet_config": dict(unet.config),
                      "text_config": text_encoder.config.to_dict()}, ckpt_path)
 
     t_start = time.time()
+    t_probe = None
     unet.train(), text_encoder.train()
-    while step < steps:
-        if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
+    for x, ids in batches:
+        if step >= steps or (max_minutes is not None and time.time() - t_start > 60 * max_minutes):
             break
+        if probe is not None and step == probe_from:
+            t_probe = time.time()
+        if probe is not None and step == probe:
+            rate = (probe - probe_from) / (time.time() - t_probe)
+            steps = budget_total = steps_for_budget(step, rate, 60 * budget_minutes - (time.time() - t_start))
+            probe = None
+            print(f"{rate:.1f} steps/s: {steps} steps fit in {budget_minutes} minutes", flush=True)
         t = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
-        x, captions = collate(ds, batch_indices(seed, step, batch_size, len(ds.rows)))
+            g["lr"] = lr_at(step, steps, lr, warmup) * (min(1.0, (step - rewarm_from + 1) / warmup) if rewarm_from is not None else 1.0)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        x, ids = x.to(device, non_blocking=True), ids.to(device, non_blocking=True)
         with torch.no_grad():
             z0 = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
-        captions = drop_captions(captions, np.random.default_rng([seed, step, 11]))
-        loss = loss_fn(unet, z0, encode_text(text_encoder, tokenizer, captions), generator)
+        loss = loss_fn(unet, z0, text_encoder(ids)[0], generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        ema.update()
         step += 1
         if step % log_every == 0 or step == steps:
             log.write(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"], sec_per_step=time.time() - t)
         if step % ckpt_every == 0:
             checkpoint()
     checkpoint()
-    return unet.eval(), text_encoder.eval()
+    unet.load_state_dict(named_ema(unet, ema.shadow[:len(list(unet.parameters()))]))
+    text_encoder.load_state_dict(named_ema(text_encoder, ema.shadow[len(list(unet.parameters())):]))
+    vae.cpu()
+    return unet.cpu().eval(), text_encoder.cpu().eval()
 
 
 def export_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
@@ -192,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="instead of --steps: as many steps as the measured speed fits into this long")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes that build batches ahead")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="3 steps, batch 4, 2 sampling steps: for CI")
     p.add_argument("--export", type=Path, default=None, help="pipeline folder (default <run>/pipeline)")
@@ -204,12 +303,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no tokenizer in {args.tokenizer}: run `python -m training.build_tokenizer` first")
     tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)
     vae = load_vae(args.vae, allow_untrained=args.smoke)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     unet, text_encoder = train(args.run, args.data, vae, tokenizer, args.steps, args.batch_size, args.lr,
-                               warmup=2 if args.smoke else 200, seed=args.seed, ckpt_every=args.ckpt_every,
-                               max_minutes=args.max_minutes)
-    step = torch.load(args.run / "checkpoint.pt", weights_only=False)["step"]
-    if step < args.steps:
-        print(f"stopped at step {step} of {args.steps}; rerun the same command to resume")
+                               warmup=2 if args.smoke else args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
+                               max_minutes=args.max_minutes, budget_minutes=args.budget_minutes,
+                               ema_decay=args.ema_decay, device=args.device, workers=args.workers)
+    ckpt = torch.load(args.run / "checkpoint.pt", weights_only=False)
+    step, total = ckpt["step"], ckpt.get("total_steps") or args.steps
+    if step < total:
+        print(f"stopped at step {step} of {total}; rerun the same command to resume")
         return 0
     out = export_pipeline(vae, text_encoder, tokenizer, unet, args.export or args.run / "pipeline")
     n_steps = 2 if args.smoke else 25
