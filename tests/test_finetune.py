@@ -17,6 +17,7 @@ from leakstyle.finetune import LORA_FILE, checkpoints, finetune, style_initial_l
 from leakstyle.loss import DenoisingLoss
 from leakstyle.pipeline import generate, load_pipeline
 from leakstyle.schedule import leak_at_first_step
+from leakstyle.schedulers import make_scheduler
 from leakstyle.testing import SD15_SCHEDULE
 
 from helpers import run_error
@@ -168,7 +169,7 @@ def test_an_explicit_style_adds_its_leak_to_the_style_noise(full_run, first_unet
     generate(pipe, "a cat", style=style, seed=5, num_inference_steps=2, guidance_scale=1.0, scheduler="euler")
     g = torch.Generator().manual_seed(5)
     eps_style, x_tilde = pipe.leakstyle_noise.sample(1, 16, 16, generator=g), style.sample(1, 16, 16, generator=g)
-    leak = leak_at_first_step(pipe.scheduler, 2)
+    leak = leak_at_first_step(make_scheduler("euler", pipe.scheduler.config), 2)
     torch.testing.assert_close(hook.sample, leak.sqrt_abar_T * x_tilde + leak.sqrt_one_minus_abar_T * eps_style,
                                rtol=1e-4, atol=1e-4)
     latents = style_initial_latents(pipe, pipe.leakstyle_noise, style, 1, num_inference_steps=2,

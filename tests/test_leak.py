@@ -120,3 +120,21 @@ def test_colour_sets_the_mean_of_x_tilde(sd, first_unet_input):
     leak = ls.leak_at_first_step(sd.scheduler, 10)
     x_tilde = (lat - leak.sqrt_one_minus_abar_T * eps) / leak.sqrt_abar_T
     torch.testing.assert_close(x_tilde[0], color.view(4, 1, 1).expand(4, 16, 16), atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_from_a_config_without_clip_sample_does_not_clamp():
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+    from leakstyle.testing import SD15_SCHEDULE
+    euler = EulerDiscreteScheduler(**SD15_SCHEDULE)
+    assert "clip_sample" not in euler.config
+    assert make_scheduler("ddim", euler.config).config.clip_sample is False  # the default True would grey colours
+    assert make_scheduler("ddpm", euler.config).config.clip_sample is False
+    assert make_scheduler("ddpm", DDPMScheduler(clip_sample=True).config).config.clip_sample is True  # a pixel model's
+    assert "clip_sample" not in make_scheduler("euler", euler.config).config
+
+
+def test_generate_with_a_scheduler_leaves_the_pipelines_own(sd):
+    own = sd.scheduler
+    images = ls.generate(sd, "a cat", num_inference_steps=2, scheduler="euler", guidance_scale=1.0)
+    assert len(images) == 1 and sd.scheduler is own
+

@@ -114,12 +114,23 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     `noise` is the distribution of the noise the model was trained with: "auto" takes a fine-tuned folder's
     (`pipe.leakstyle_noise`, set by load_pipeline), None means N(0, I). A Diffusion-in-Style model starts from
     x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
+    `scheduler` applies to this call only: `pipe.scheduler` is the same object afterwards.
     """
+    own = pipe.scheduler
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, own.config)
+    try:
+        return _generate(pipe, prompt, style, color, strength, seed, num_images, num_inference_steps, guidance_scale,
+                         negative_prompt, height, width, progress, noise)
+    finally:
+        pipe.scheduler = own  # the caller's pipeline keeps its scheduler
+
+
+def _generate(pipe, prompt, style, color, strength, seed, num_images, num_inference_steps, guidance_scale,
+              negative_prompt, height, width, progress, noise) -> list[Image.Image]:
     prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
     if prompts is not None:
         num_images = len(prompts)
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     if isinstance(color, str):
         color = color_to_model_units(pipe, color)
     device, dtype = pipe.unet.device, pipe.unet.dtype

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, LMSDiscreteScheduler,
                        PNDMScheduler, UniPCMultistepScheduler)
@@ -25,7 +27,11 @@ SPACINGS = ("leading", "trailing", "linspace")
 
 
 def make_scheduler(name: str, config, timestep_spacing: str | None = None):
-    """A scheduler called `name` with the noise schedule of `config` (the model's own scheduler config)."""
+    """A scheduler called `name` with the noise schedule of `config` (the model's own scheduler config).
+
+    A config that does not say `clip_sample` (Euler's, say) would give DDIM and DDPM their default, True, which
+    clamps the predicted x0 to [-1, 1]: right for pixel models, whose configs say so, but it greys the colours
+    of latent models. Such a config gets clip_sample False."""
     if name not in SCHEDULERS:
         raise LeakstyleError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
@@ -33,6 +39,8 @@ def make_scheduler(name: str, config, timestep_spacing: str | None = None):
         if timestep_spacing not in SPACINGS:
             raise LeakstyleError(f"unknown timestep spacing {timestep_spacing!r}; choose one of {', '.join(SPACINGS)}")
         overrides = {**overrides, "timestep_spacing": timestep_spacing}
+    if "clip_sample" not in config and "clip_sample" in inspect.signature(cls.__init__).parameters:
+        overrides = {**overrides, "clip_sample": False}
     return cls.from_config(config, **overrides)
 
 
