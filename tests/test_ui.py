@@ -211,3 +211,16 @@ def test_cli_ui_without_a_model_is_a_one_line_error(tmp_path, capsys):
     assert main(["ui", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("leakstyle: error:")
+
+
+def test_the_pages_files_live_in_one_folder_that_is_removed_at_exit(model):
+    first, second = ui.run(model, "a cat", **FAST), ui.run(model, "a cat", seed=1, **FAST)
+    folder = ui.workdir()
+    assert all(path.parent.parent == folder and path.exists() for path in first.files + second.files)
+    assert first.files[0].parent != second.files[0].parent  # each run its own subfolder
+    import subprocess
+    import sys
+    code = "from leakstyle import ui; folder = ui.workdir(); (folder / 'x.png').write_bytes(b'1'); print(folder)"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from pathlib import Path
+    assert printed.strip().startswith("/") and not Path(printed.strip()).exists()

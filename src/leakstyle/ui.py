@@ -8,13 +8,16 @@ page and wires those up; `serve` starts it.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import hashlib
 import html
 import io
 import os
 import random
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -99,6 +102,14 @@ def random_seed() -> int:
     return random.randrange(2**31)
 
 
+@functools.cache
+def workdir() -> Path:
+    """The page's one temporary folder (PNGs, fitted styles) for this process, removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="leakstyle-ui-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def style_for(model: Model, source: str, images: list[str] | None = None, style_file: str | None = None,
               kind: str = "dct", components: int = 3, cached: tuple | None = None) -> tuple[Style | None, tuple | None]:
     """The style of the chosen source: None, fitted to uploaded images, or loaded from a style file.
@@ -119,7 +130,7 @@ def style_for(model: Model, source: str, images: list[str] | None = None, style_
     if cached is not None and cached[0] == key:
         return cached[1], cached
     distribution = fit(list(images), pipe=model.pipe, kind=kind, components=int(components), progress=True)
-    file = Path(tempfile.mkdtemp(prefix="leakstyle-ui-style-")) / "style.safetensors"
+    file = Path(tempfile.mkdtemp(prefix="style-", dir=workdir())) / "style.safetensors"
     distribution.save(file)
     style = Style(distribution, file, f"fitted to {distribution.image_count} uploaded images")
     return style, (key, style)
@@ -131,8 +142,8 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
         out: Path | None = None) -> Result:
     """Generate from the leak of `style`/`color`, and from pure noise with the same seeds (image i: seed + i).
 
-    Writes each image as a PNG with its parameters into `out` (a new temporary folder by default), named as
-    `leakstyle generate --baseline` names them."""
+    Writes each image as a PNG with its parameters into `out` (by default a new folder in workdir(), removed at
+    exit), named as `leakstyle generate --baseline` names them."""
     if not 0.0 <= strength <= 1.0:
         raise LeakstyleError(f"strength must be between 0 and 1, got {strength}")
     if num_images < 1 or steps < 1:
@@ -151,7 +162,7 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     if style is None and color is None and not model.finetuned:
         messages.append("no style and no colour chosen: both columns start from pure noise")
 
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="leakstyle-ui-"))
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="run-", dir=workdir()))
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(seed) + i for i in range(int(num_images))]
     params = dict(prompt=prompt, negative_prompt=negative_prompt or None, steps=int(steps),
