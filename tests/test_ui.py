@@ -1,6 +1,9 @@
 """The web UI's callbacks on a tiny model, without a browser: what Generate makes, and errors as page messages."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,9 +221,6 @@ def test_the_pages_files_live_in_one_folder_that_is_removed_at_exit(model):
     folder = ui.workdir()
     assert all(path.parent.parent == folder and path.exists() for path in first.files + second.files)
     assert first.files[0].parent != second.files[0].parent  # each run its own subfolder
-    import subprocess
-    import sys
     code = "from leakstyle import ui; folder = ui.workdir(); (folder / 'x.png').write_bytes(b'1'); print(folder)"
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    from pathlib import Path
     assert printed.strip().startswith("/") and not Path(printed.strip()).exists()
