@@ -60,6 +60,7 @@ def test_generate_writes_pngs_with_parameters_and_baselines(tmp_path, style_file
     assert params["model"] == str(sd_path) and len(params["style_sha256"]) == 64
     assert "Seed: 6" in Image.open(out / "0001-seed6.png").text["parameters"]
     assert json.loads(Image.open(out / "0000-seed5-baseline.png").text["leakstyle"])["style"] is None
+    assert params["noise"] == "standard"  # N(0, I): not a Diffusion-in-Style model
 
 
 def test_generate_is_reproducible_and_the_style_changes_the_image(tmp_path, style_file, sd_path):

@@ -202,6 +202,7 @@ def test_cli_finetune_then_generate_draws_x_T_from_the_style(tmp_path, images, s
                  "--out", str(tmp_path / "gen"), "--quiet"]) == 0
     eps_style = files.load(out / "style.safetensors").sample(1, 16, 16, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(hooks[0].sample, eps_style, rtol=1e-4, atol=1e-4)
+    assert json.loads(Image.open(tmp_path / "gen" / "0000-seed4.png").text["leakstyle"])["noise"] == "style"
 
 
 # -- bad inputs: one line, exit 2, before any training -----------------------------------------------

@@ -63,7 +63,7 @@ def cmd_generate(args) -> int:
     from .encode import color_to_model_units
     from .files import load, write_atomic
     from .leak import image_size, latent_shape
-    from .pipeline import generate, load_pipeline
+    from .pipeline import generate, load_pipeline, noise_name
     from .schedule import ZERO_SNR_EXPLANATION, leak_at_first_step
     from .schedulers import make_scheduler, scheduler_name
 
@@ -112,7 +112,7 @@ def cmd_generate(args) -> int:
             images = generate(pipe, style=run_style, color=run_color, strength=args.strength,
                               **({"noise": None} if suffix else {}), **common)  # baseline: N(0, I), fine-tuned or not
         for i, image in enumerate(images):
-            p = {**params, "seed": args.seed + i, "baseline": bool(suffix),
+            p = {**params, "seed": args.seed + i, "baseline": bool(suffix), "noise": noise_name(pipe, baseline=bool(suffix)),
                  **(style_params if not suffix else dict(style=None, style_sha256=None, color=None, strength=None))}
             write_atomic(out / f"{names[i]}{suffix}.png", png_bytes(image, p), force=True)
     print(f"wrote {len(targets)} images to {out}")

@@ -99,6 +99,12 @@ def run_pixel_model(pipe, latents: torch.Tensor, num_inference_steps: int, gener
     return to_pil(x)
 
 
+def noise_name(pipe, baseline: bool = False) -> str:
+    """What x_T's noise was drawn from, as recorded in PNGs: "style" for a Diffusion-in-Style model (unless it
+    is a pure-noise baseline), else "standard" (N(0, I))."""
+    return "style" if getattr(pipe, "leakstyle_noise", None) is not None and not baseline else "standard"
+
+
 def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,

@@ -38,7 +38,7 @@ from .errors import LeakstyleError
 from .files import load
 from .fit import fit
 from .leak import image_size, vae_factor
-from .pipeline import generate, load_pipeline
+from .pipeline import generate, load_pipeline, noise_name
 from .png import png_bytes
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
@@ -168,10 +168,10 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     params = dict(prompt=prompt, negative_prompt=negative_prompt or None, steps=int(steps),
                   scheduler=scheduler_name(pipe.scheduler), guidance=float(guidance), model=model.name, height=height,
                   width=width, leakstyle_version=__version__)
-    leak_params = dict(style=style.name if style else None,
+    leak_params = dict(noise=noise_name(pipe), style=style.name if style else None,
                        style_sha256=hashlib.sha256(style.file.read_bytes()).hexdigest() if style else None,
                        color=color, strength=strength if (style or color) else None, baseline=False)
-    baseline_params = dict(style=None, style_sha256=None, color=None, strength=None, baseline=True)
+    baseline_params = dict(noise="standard", style=None, style_sha256=None, color=None, strength=None, baseline=True)
     files = []
     for images, suffix, extra in ((leak, "", leak_params), (baseline, "-baseline", baseline_params)):
         for i, (s, image) in enumerate(zip(seeds, images)):
