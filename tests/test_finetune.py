@@ -205,6 +205,17 @@ def test_cli_finetune_then_generate_draws_x_T_from_the_style(tmp_path, images, s
     assert json.loads(Image.open(tmp_path / "gen" / "0000-seed4.png").text["leakstyle"])["noise"] == "style"
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # epsilon prediction at abar_T = 0 gives NaN
+def test_a_zero_snr_scheduler_on_a_finetuned_model_says_so(full_run):
+    from diffusers import DDIMScheduler
+    from leakstyle.schedule import ZeroTerminalSNRWarning
+    pipe = load_pipeline(full_run, device="cpu")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True,
+                                               timestep_spacing="trailing")
+    with pytest.warns(ZeroTerminalSNRWarning, match="fine-tuned with Diffusion in Style already"):
+        generate(pipe, "a cat", color="#ff0000", num_inference_steps=2, guidance_scale=1.0)
+
+
 # -- bad inputs: one line, exit 2, before any training -----------------------------------------------
 def finetune_argv(images, out, *extra, model):
     return ["finetune", str(images), "--model", str(model), "--out", str(out), "--steps", "1", "--quiet", *extra]

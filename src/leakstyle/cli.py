@@ -64,7 +64,7 @@ def cmd_generate(args) -> int:
     from .files import load, write_atomic
     from .leak import image_size, latent_shape
     from .pipeline import generate, load_pipeline, noise_name
-    from .schedule import ZERO_SNR_EXPLANATION, leak_at_first_step
+    from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, leak_at_first_step
     from .schedulers import make_scheduler, scheduler_name
 
     if not 0.0 <= args.strength <= 1.0:
@@ -85,7 +85,8 @@ def cmd_generate(args) -> int:
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if (style is not None or args.color) and not leak_at_first_step(pipe.scheduler, args.steps, warn=False).has_leak:
-        raise LeakstyleError(ZERO_SNR_EXPLANATION)
+        finetuned = getattr(pipe, "leakstyle_noise", None) is not None
+        raise LeakstyleError(ZERO_SNR_FINETUNED_EXPLANATION if finetuned else ZERO_SNR_EXPLANATION)
     C, _, _ = latent_shape(pipe, args.height, args.width)
     if style is not None and style.channels != C:
         raise LeakstyleError(f"{args.style} has {style.channels} channels but this model's latents have {C}; "

@@ -37,7 +37,7 @@ from .fit import MIN_IMAGES, fit
 from .images import ImageBatches, digest_paths, list_images, parse_resolution
 from .leak import image_size, latent_shape, x_T
 from .loss import DenoisingLoss, StandardNoise, StyleNoise
-from .schedule import ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
+from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
 
 RECORD = "finetune.json"
 STYLE_FILE = "style.safetensors"
@@ -526,7 +526,7 @@ def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistributi
     if style is None and color is None:
         return eps_style / leak.input_scale
     if not leak.has_leak:
-        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+        warnings.warn(ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
         return eps_style / leak.input_scale
     if style is not None and style.channels != C:
         raise LeakstyleError(f"the style has {style.channels} channels but the model's latents have {C}; fit it with this model")

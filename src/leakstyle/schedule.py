@@ -27,6 +27,12 @@ ZERO_SNR_EXPLANATION = (
     "leaks into x_T and signal-leak sampling cannot change the image; use Diffusion in Style "
     "(leakstyle finetune), which still works, or a scheduler without rescale_betas_zero_snr"
 )
+ZERO_SNR_FINETUNED_EXPLANATION = (
+    "this scheduler has zero terminal SNR (abar_T = 0: rescale_betas_zero_snr or flow matching), so no signal "
+    "leaks into x_T and a style or colour cannot change the image; this model is fine-tuned with Diffusion in "
+    "Style already: generate without a style or colour to start from its style noise, or use a scheduler "
+    "without rescale_betas_zero_snr"
+)
 
 
 @dataclass(frozen=True)
