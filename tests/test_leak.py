@@ -138,3 +138,10 @@ def test_generate_with_a_scheduler_leaves_the_pipelines_own(sd):
     images = ls.generate(sd, "a cat", num_inference_steps=2, scheduler="euler", guidance_scale=1.0)
     assert len(images) == 1 and sd.scheduler is own
 
+
+
+def test_import_leakstyle_does_not_import_diffusers():
+    import subprocess
+    import sys
+    code = "import sys, leakstyle; print('diffusers' in sys.modules, 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import inspect
 
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, LMSDiscreteScheduler,
-                       PNDMScheduler, UniPCMultistepScheduler)
-
 from .errors import LeakstyleError
 
+# name -> (diffusers class name, config overrides); the classes are imported when a scheduler is built, so that
+# `import leakstyle` does not import diffusers.
 SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler-a": (EulerAncestralDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "dpm++2m": (DPMSolverMultistepScheduler, {"use_karras_sigmas": False}),
-    "dpm++2m-karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "lcm": (LCMScheduler, {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
 }
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -34,7 +32,10 @@ def make_scheduler(name: str, config, timestep_spacing: str | None = None):
     of latent models. Such a config gets clip_sample False."""
     if name not in SCHEDULERS:
         raise LeakstyleError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, overrides = SCHEDULERS[name]
+    import diffusers
+
+    class_name, overrides = SCHEDULERS[name]
+    cls = getattr(diffusers, class_name)
     if timestep_spacing is not None:
         if timestep_spacing not in SPACINGS:
             raise LeakstyleError(f"unknown timestep spacing {timestep_spacing!r}; choose one of {', '.join(SPACINGS)}")
@@ -46,7 +47,7 @@ def make_scheduler(name: str, config, timestep_spacing: str | None = None):
 
 def scheduler_name(scheduler) -> str:
     """The vocabulary name of a scheduler object (its class name when it has none)."""
-    for name, (cls, overrides) in SCHEDULERS.items():
-        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+    for name, (class_name, overrides) in SCHEDULERS.items():
+        if type(scheduler).__name__ == class_name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
             return name
     return type(scheduler).__name__
