@@ -3,12 +3,13 @@
     python -m training.eval_model [--model src/leakstyle/models/mini-sd] [--out training/artifacts/eval] [-n 256]
 
 - grid.png: 16 prompts (12 training emoji, 4 held-out), one seed each, 25 DDIM steps, guidance 7.5.
+- seeds.png: the 12 training prompts with 6 seeds each (100..105), to see that a prompt is drawn consistently.
 - Sampling time: 16 images x 25 DDIM steps in one call (best of 2), on this machine's CPU.
 - The bias in model units: std over n images of each latent channel's mean, for training composites,
   generations from pure noise, and generations from a leak fitted to other training composites; the
   ratio pure-noise / training against DESIGN.md's prediction 1 / sqrt(1 + abar_T H W sigma_m^2).
   (experiments/reproduce.py measures the same effect in CIELAB with bootstrap intervals.)
-Writes eval.json and grid.png into --out.
+Writes eval.json, grid.png and seeds.png into --out.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     from leakstyle.demo import grid
     grid([(f"{i * 4}-{i * 4 + 3}", images[i * 4:(i + 1) * 4]) for i in range(4)], cell=96, label_width=40).save(args.out / "grid.png")
     result["grid_prompts"] = prompts
+    rows = [(prompt[:14], pipe([prompt] * 6, num_inference_steps=25,
+                               generator=[torch.Generator().manual_seed(100 + i) for i in range(6)]).images)
+            for prompt in TRAIN_PROMPTS]
+    grid(rows, cell=64, label_width=110).save(args.out / "seeds.png")
     result["weights_mb"] = round(sum(f.stat().st_size for f in args.model.rglob("*.safetensors")) / 2**20, 2)
 
     # The bias, in model units.
