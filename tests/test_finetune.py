@@ -268,6 +268,23 @@ def test_a_finished_run_needs_resume_or_force_and_other_options_are_refused(full
     assert main(argv + ["--resume"]) == 0  # already done: nothing to train
 
 
+def test_resuming_after_the_base_model_changed_is_refused(tmp_path, images, sd_path, capsys):
+    import shutil
+    from diffusers import UNet2DConditionModel
+    base = shutil.copytree(sd_path, tmp_path / "base")
+    out = finetune(images, tmp_path / "run", model=base, steps=1, progress=False)
+    recorded = json.loads((out / "finetune.json").read_text())["base_unet_sha256"]
+    assert len(recorded) == 64
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    with torch.no_grad():
+        unet.conv_in.weight.add_(0.01)
+    unet.save_pretrained(base / "unet")  # the base model is retrained under the same path
+    before = (out / "finetune.json").read_text()
+    argv = ["finetune", str(images), "--model", str(base), "--out", str(out), "--steps", "2", "--resume", "--quiet"]
+    assert "base UNet changed" in run_error(argv, capsys)
+    assert (out / "finetune.json").read_text() == before  # nothing touched
+
+
 def test_force_starts_a_previous_run_over_with_new_options(tmp_path, images, sd_path):
     out = finetune(images, tmp_path / "run", model=sd_path, steps=1, progress=False)
     finetune(images, out, model=sd_path, steps=1, lr=2e-5, force=True, progress=False)

@@ -151,8 +151,18 @@ def read_record(folder: Path) -> dict | None:
     return record
 
 
-def write_record(folder: Path, options: Options, status: str, step: int) -> None:
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, shapes, dtypes, values): which weights a fine-tune started from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_record(folder: Path, options: Options, status: str, step: int, base_unet_sha256: str) -> None:
     record = {"format": FORMAT, "format_version": 1, "status": status, "step": step, "base_model": options.model,
+              "base_unet_sha256": base_unet_sha256,
               "method": "lora" if options.lora else "full", "noise": options.noise, "style_file": STYLE_FILE,
               "lora_file": LORA_FILE if options.lora else None, "options": asdict(options),
               "leakstyle_version": __version__}
@@ -331,6 +341,11 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     pipe = load_pipeline(model, device=str(accelerator.device), dtype=torch.float32)
     check_model(pipe, captions, lora, model)
+    base_digest = weights_digest(pipe.unet)
+    recorded_digest = read_record(out).get("base_unet_sha256") if start > 0 else None
+    if recorded_digest is not None and recorded_digest != base_digest:
+        raise LeakstyleError(f"{out} was fine-tuned from other weights than {model or 'the embedded model'} has now "
+                             f"(the base UNet changed); use another --out, or --force to start over")
     width, height = parse_resolution(resolution) if resolution else image_size(pipe)[::-1]
     latent_shape(pipe, height, width)  # refuses sizes the VAE cannot encode
     schedule = noise_schedule(pipe)
@@ -359,7 +374,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         remove_temp_checkpoints(out)
         if start == 0:
             style.save(out / STYLE_FILE, force=True)
-        write_record(out, options, "training", start)
+        write_record(out, options, "training", start, base_digest)
     accelerator.wait_for_everyone()
     if start > 0:
         accelerator.load_state(str(checkpoints(out)[-1][1]))
@@ -369,7 +384,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     if main:
         export(pipe, accelerator.unwrap_model(unet), out, bool(lora))
-        write_record(out, options, "done", steps)
+        write_record(out, options, "done", steps, base_digest)
     accelerator.wait_for_everyone()
     return out
 
