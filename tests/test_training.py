@@ -322,3 +322,29 @@ def test_export_writes_demo_assets_with_attribution(emoji_dir, tmp_path):
     reference = sorted((tmp_path / "assets" / "reference").glob("*.png"))
     assert len(reference) == 3 and Image.open(reference[0]).size == (64, 64)
     assert "CC-BY 4.0" in (tmp_path / "assets" / "ATTRIBUTION.md").read_text()
+
+
+def test_a_smoke_export_leaves_the_shipped_model_and_checkpoint_alone(emoji_dir, tmp_path):
+    from training import export_model
+    vae, tok = tiny_unet_run(emoji_dir, tmp_path)
+    train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=1, batch_size=2, warmup=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("google", "twitter"):
+        (data / name).symlink_to(emoji_dir)
+    shipped = ROOT / "training" / "artifacts" / "unet" / "checkpoint.pt"
+    before = shipped.stat().st_mtime_ns if shipped.exists() else None
+    argv = ["--smoke", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--vae", str(tmp_path / "no-vae"),
+            "--tokenizer", str(tmp_path / "tok"), "--data", str(data)]
+    with pytest.raises(SystemExit, match="--out and --assets"):
+        export_model.main(argv)
+    assert export_model.main(argv + ["--out", str(tmp_path / "pipe"), "--assets", str(tmp_path / "assets")]) == 0
+    assert (tmp_path / "pipe" / "model_index.json").exists()
+    assert torch.load(tmp_path / "pipe-checkpoint" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert (shipped.stat().st_mtime_ns if shipped.exists() else None) == before
+
+
+@pytest.mark.parametrize("stage", [train_unet, train_vae])
+def test_a_smoke_run_needs_its_own_run_folder(stage):
+    with pytest.raises(SystemExit, match="--smoke needs its own --run"):
+        stage.main(["--smoke"])

@@ -56,14 +56,14 @@ def load_trained(checkpoint: Path) -> tuple[UNet2DConditionModel, CLIPTextModel,
 
 
 def write_assets(data: Path, assets: Path, n_twemoji: int = 20, n_reference: int = 32, seed: int = 0) -> None:
-    """Copy n Twitter-style training emoji and render n reference composites into `assets`."""
+    """Copy n (at most all) Twitter-style training emoji and render n reference composites into `assets`."""
     tmp = assets.with_name(assets.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "twemoji").mkdir(parents=True)
     (tmp / "reference").mkdir()
     rows = load_manifest(data / "twitter", "train")
     base = [r for r in rows if r["base"] == r["unified"]]  # no skin-tone variants: more different emoji
-    for k in np.random.default_rng(seed).choice(len(base), n_twemoji, replace=False):
+    for k in np.random.default_rng(seed).choice(len(base), min(n_twemoji, len(base)), replace=False):
         shutil.copy(data / "twitter" / base[k]["file"], tmp / "twemoji" / f"{base[k]['unified'].lower()}.png")
     ds = EmojiComposites(data / "google", "train", seed=seed + 1000, repeats=n_reference)  # item e*n+k: emoji k, background e
     for i, k in enumerate(np.random.default_rng(seed + 1).choice(len(ds), n_reference, replace=False)):
@@ -97,10 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae", type=Path, default=HERE / "artifacts" / "vae")
     p.add_argument("--tokenizer", type=Path, default=HERE / "runs" / "tokenizer")
     p.add_argument("--data", type=Path, default=HERE / "data")
-    p.add_argument("--out", type=Path, default=PACKAGE / "models" / "mini-sd")
-    p.add_argument("--assets", type=Path, default=PACKAGE / "assets")
+    p.add_argument("--out", type=Path, default=None, help="pipeline folder (default: the package's models/mini-sd)")
+    p.add_argument("--assets", type=Path, default=None, help="demo images (default: the package's assets/)")
+    p.add_argument("--slim", type=Path, default=None,
+                   help="folder for the slim checkpoint (default training/artifacts/unet; with --smoke, OUT-checkpoint)")
     p.add_argument("--smoke", action="store_true", help="allow an untrained VAE (for CI smoke runs)")
     args = p.parse_args(argv)
+    if args.smoke and (args.out is None or args.assets is None):
+        raise SystemExit("--smoke exports a throwaway model: give --out and --assets (the package's model stays as it is)")
+    args.out = args.out or PACKAGE / "models" / "mini-sd"
+    args.assets = args.assets or PACKAGE / "assets"
     for path, stage in ((args.checkpoint, "train_unet"), (args.tokenizer / "tokenizer_config.json", "build_tokenizer")):
         if not path.exists():
             raise SystemExit(f"missing {path}: run `python -m training.{stage}` first")
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if card_text is not None:
         card.write_text(card_text)
     write_assets(args.data, args.assets)
-    save_slim_checkpoint(args.checkpoint, HERE / "artifacts" / "unet")
+    slim = args.slim or (args.out.with_name(args.out.name + "-checkpoint") if args.smoke else HERE / "artifacts" / "unet")
+    save_slim_checkpoint(args.checkpoint, slim)  # a smoke run never replaces the committed checkpoint
     size = sum(f.stat().st_size for f in args.out.rglob("*.safetensors")) / 2**20
     print(f"exported step {step} to {args.out} ({size:.1f} MB of weights) and demo images to {args.assets}")
     return 0

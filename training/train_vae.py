@@ -156,7 +156,7 @@ def train(run: Path, data: Path, steps: int, batch_size: int = 16, lr: float = 5
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, default=DEFAULT_RUN)
+    p.add_argument("--run", type=Path, default=None, help=f"run folder (default {DEFAULT_RUN.relative_to(HERE.parent)})")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=16)
@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="3 steps, batch 4, tiny export: for CI")
     p.add_argument("--export", type=Path, default=None, help="diffusers folder to write (default <run>/export)")
     args = p.parse_args(argv)
+    if args.smoke and args.run is None:
+        raise SystemExit("--smoke needs its own --run folder (the real run's checkpoint stays as it is)")
+    args.run = args.run or DEFAULT_RUN
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.steps, args.batch_size, args.ckpt_every = 3, 4, 2
