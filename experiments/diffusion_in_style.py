@@ -9,7 +9,8 @@ fine-tune on the same --images Twitter emoji of the train split (base emoji, a s
 with their names), one with --noise style, one with --noise standard: same seed, lr, batch and steps. At each
 step count (a run continues from its checkpoint with --resume) each model draws one image per held-out Twitter
 emoji name (eval split), image i from seed + i for every row, and leakstyle.metrics.style_distance measures how
-far those images are from the held-out Twitter images (1.0 is about the Google-Twitter gap, lower is closer).
+far those images are from the held-out Twitter images (1.0 is about the Google-Twitter gap, lower is closer),
+with a 95% bootstrap interval over both image sets (it does not cover the fine-tuning's own seed).
 Reference rows: the base model from pure noise and from the signal leak of the style (no training), and the
 fine-tuning images themselves (how close 32 real Twitter emoji get: the floor of the measure).
 
@@ -37,7 +38,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import leakstyle as ls  # noqa: E402
 from leakstyle.finetune import checkpoints, finetune  # noqa: E402
 from leakstyle.images import open_image  # noqa: E402
-from leakstyle.metrics import style_distance  # noqa: E402
+from leakstyle.metrics import style_intervals  # noqa: E402
 from leakstyle.pipeline import EMBEDDED_MODEL  # noqa: E402
 
 DATA = ROOT / "training" / "data" / "twitter"
@@ -107,7 +108,9 @@ def plot(results: list[dict], file: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for noise, colour in (("style", "tab:red"), ("standard", "tab:blue")):
         rows = [r for r in results if r.get("noise") == noise]
-        ax.plot([r["steps"] for r in rows], [r["distance"] for r in rows], "o-", color=colour, label=f"{noise} noise")
+        steps, d = [r["steps"] for r in rows], np.array([r["distance"] for r in rows])
+        error = [d - [r["low"] for r in rows], [r["high"] for r in rows] - d]
+        ax.errorbar(steps, d, yerr=error, fmt="o-", capsize=3, color=colour, label=f"{noise} noise (95% interval)")
     for r, style in zip([r for r in results if "noise" not in r], (":", "--", "-.")):
         ax.axhline(r["distance"], color="grey", linestyle=style, label=r["row"])
     ax.set_xlabel("fine-tuning steps")
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--scheduler", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "diffusion_in_style")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the images (default 1000)")
     p.add_argument("--quick", action="store_true", help="smoke run: a tiny random model, 4 images, 1-2 steps")
     args = p.parse_args(argv)
     out = args.out
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from leakstyle.testing import tiny_sd
 
         args.images, args.heldout, args.steps, args.batch_size, args.inference_steps = 4, args.heldout or 3, "1,2", 2, 2
+        args.n_boot = 20
         if args.model is None:
             args.model = str(tiny_sd(out / "tiny-sd"))
         if args.data is None and not DATA.is_dir():
@@ -163,9 +168,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
 
     def record(row: dict, generated) -> None:
-        row["distance"] = style_distance(generated, reference)
+        interval = style_intervals(generated, reference, n_boot=args.n_boot, seed=args.seed)["style"]
+        row.update(distance=interval.estimate, low=interval.low, high=interval.high)
         results.append(row)
-        print(f"{row['row']:<52} {row['distance']:.3f}   ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"{row['row']:<52} {row['distance']:.3f} [{row['low']:.2f}, {row['high']:.2f}]   "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
 
     record({"row": "the fine-tuning images themselves"}, [open_image(data / r["file"]) for r in train])
     options = dict(model=args.model, batch_size=args.batch_size, lr=args.lr, lora=args.lora, seed=args.seed,
@@ -185,8 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             record({"row": "base model, signal leak of the style (no training)"}, generate_for(base, names, args, style=style))
 
     results.sort(key=lambda r: ("noise" in r, r.get("steps", 0), r.get("noise") != "style"))
-    lines = ["| row | style distance to held-out Twitter emoji |", "|---|---|"]
-    lines += [f"| {r['row']} | {r['distance']:.3f} |" for r in results]
+    lines = ["| row | style distance to held-out Twitter emoji [95% bootstrap interval] |", "|---|---|"]
+    lines += [f"| {r['row']} | {r['distance']:.3f} [{r['low']:.2f}, {r['high']:.2f}] |" for r in results]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     (out / "results.md").write_text("\n".join(lines) + "\n\n" + json.dumps(settings) + "\n")
     (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
