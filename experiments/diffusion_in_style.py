@@ -10,7 +10,9 @@ with their names), one with --noise style, one with --noise standard: same seed,
 step count (a run continues from its checkpoint with --resume) each model draws one image per held-out Twitter
 emoji name (eval split), image i from seed + i for every row, and leakstyle.metrics.style_distance measures how
 far those images are from the held-out Twitter images (1.0 is about the Google-Twitter gap, lower is closer),
-with a 95% bootstrap interval over both image sets (it does not cover the fine-tuning's own seed).
+with a 95% bootstrap interval over both image sets (it does not cover the fine-tuning's own seed). At each step
+count, the paired difference style minus standard (negative: style noise is closer), resampling the held-out
+names together for both rows, is the comparison the experiment is for.
 Reference rows: the base model from pure noise and from the signal leak of the style (no training), and the
 fine-tuning images themselves (how close 32 real Twitter emoji get: the floor of the measure).
 
@@ -38,7 +40,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import leakstyle as ls  # noqa: E402
 from leakstyle.finetune import checkpoints, finetune  # noqa: E402
 from leakstyle.images import open_image  # noqa: E402
-from leakstyle.metrics import style_intervals  # noqa: E402
+from leakstyle.metrics import bootstrap, features_of, style_distance, style_intervals  # noqa: E402
 from leakstyle.pipeline import EMBEDDED_MODEL  # noqa: E402
 
 DATA = ROOT / "training" / "data" / "twitter"
@@ -99,6 +101,14 @@ def generate_for(pipe, names: list[str], args, **kwargs) -> list:
     return images
 
 
+def paired_difference(a, b, reference, n_boot: int, seed: int):
+    """style_distance(a, ref) - style_distance(b, ref) with a bootstrap interval that resamples the pairs
+    (a[i], b[i]) together and the reference independently: a and b drew the same prompts with the same seeds."""
+    def statistic(index, ref):
+        return style_distance(a[index], ref) - style_distance(b[index], ref)
+    return bootstrap(statistic, (np.arange(len(a)), reference), n_boot, seed=seed)
+
+
 def plot(results: list[dict], file: Path) -> None:
     import matplotlib
 
@@ -111,7 +121,7 @@ def plot(results: list[dict], file: Path) -> None:
         steps, d = [r["steps"] for r in rows], np.array([r["distance"] for r in rows])
         error = [d - [r["low"] for r in rows], [r["high"] for r in rows] - d]
         ax.errorbar(steps, d, yerr=error, fmt="o-", capsize=3, color=colour, label=f"{noise} noise (95% interval)")
-    for r, style in zip([r for r in results if "noise" not in r], (":", "--", "-.")):
+    for r, style in zip([r for r in results if "noise" not in r and "difference" not in r], (":", "--", "-.")):
         ax.axhline(r["distance"], color="grey", linestyle=style, label=r["row"])
     ax.set_xlabel("fine-tuning steps")
     ax.set_ylabel("style distance to held-out Twitter emoji")
@@ -167,7 +177,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     results = []
 
+    reference = features_of(reference)
+    features = {}  # row name -> features of its generated images (image i: held-out name i, seed + i)
+
     def record(row: dict, generated) -> None:
+        features[row["row"]] = generated = features_of(generated)
         interval = style_intervals(generated, reference, n_boot=args.n_boot, seed=args.seed)["style"]
         row.update(distance=interval.estimate, low=interval.low, high=interval.high)
         results.append(row)
@@ -191,7 +205,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             record({"row": "base model, pure noise"}, generate_for(base, names, args))
             record({"row": "base model, signal leak of the style (no training)"}, generate_for(base, names, args, style=style))
 
-    results.sort(key=lambda r: ("noise" in r, r.get("steps", 0), r.get("noise") != "style"))
+    for steps in step_counts:  # style minus standard, paired: both drew the same names with the same seeds
+        d = paired_difference(features[f"style noise, {steps} steps"], features[f"standard noise, {steps} steps"],
+                              reference, args.n_boot, args.seed)
+        results.append({"row": f"style minus standard noise, {steps} steps", "difference": True, "steps": steps,
+                        "distance": d.estimate, "low": d.low, "high": d.high})
+    results.sort(key=lambda r: ("noise" in r or "difference" in r, r.get("steps", 0), r.get("noise") != "style"))
     lines = ["| row | style distance to held-out Twitter emoji [95% bootstrap interval] |", "|---|---|"]
     lines += [f"| {r['row']} | {r['distance']:.3f} [{r['low']:.2f}, {r['high']:.2f}] |" for r in results]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
