@@ -338,9 +338,10 @@ def test_a_smoke_export_leaves_the_shipped_model_and_checkpoint_alone(emoji_dir,
             "--tokenizer", str(tmp_path / "tok"), "--data", str(data)]
     with pytest.raises(SystemExit, match="--out and --assets"):
         export_model.main(argv)
-    assert export_model.main(argv + ["--out", str(tmp_path / "pipe"), "--assets", str(tmp_path / "assets")]) == 0
+    assert export_model.main(argv + ["--out", str(tmp_path / "pipe"), "--assets", str(tmp_path / "assets"), "--slim"]) == 0
     assert (tmp_path / "pipe" / "model_index.json").exists()
-    assert torch.load(tmp_path / "pipe-checkpoint" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "pipe-record" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert (tmp_path / "pipe-record" / "loss.jsonl").is_file()
     assert (shipped.stat().st_mtime_ns if shipped.exists() else None) == before
 
 
@@ -348,3 +349,16 @@ def test_a_smoke_export_leaves_the_shipped_model_and_checkpoint_alone(emoji_dir,
 def test_a_smoke_run_needs_its_own_run_folder(stage):
     with pytest.raises(SystemExit, match="--smoke needs its own --run"):
         stage.main(["--smoke"])
+
+
+def test_a_new_run_can_start_from_an_exported_pipeline(emoji_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+    vae, tok = tiny_unet_run(emoji_dir, tmp_path)
+    unet, text = train_unet.train(tmp_path / "first", emoji_dir, vae, tok, steps=1, batch_size=2, warmup=1)
+    train_unet.export_pipeline(vae, text, tok, unet, tmp_path / "pipe")
+    train_unet.train(tmp_path / "second", emoji_dir, vae, tok, steps=0, init=tmp_path / "pipe")
+    ckpt = torch.load(tmp_path / "second" / "checkpoint.pt", weights_only=False)
+    shipped = UNet2DConditionModel.from_pretrained(tmp_path / "pipe" / "unet", torch_dtype=torch.float32).state_dict()
+    assert ckpt["step"] == 0 and all(torch.equal(ckpt["unet"][k], shipped[k]) for k in shipped)
+    with pytest.raises(SystemExit, match="not a pipeline folder"):
+        train_unet.main(["--init", str(tmp_path / "nothing"), "--run", str(tmp_path / "third")])

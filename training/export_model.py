@@ -2,6 +2,7 @@
 
     python -m training.export_model                       # latest UNet checkpoint -> src/leakstyle/models/mini-sd
     python -m training.export_model --smoke --checkpoint /tmp/unet-smoke/checkpoint.pt --out /tmp/mini-sd --assets /tmp/assets
+    python -m training.export_model --slim --record /tmp/move   # also a 37 MB slim checkpoint, to move a run
 
 Writes an fp16 StableDiffusionPipeline folder (DDIM with SD 1.5's schedule and clip_sample False; every
 scheduler of leakstyle works from its config) and src/leakstyle/assets/: `twemoji/` (20 Twitter-style emoji of the training split, CC-BY 4.0, for
@@ -41,9 +42,10 @@ ATTRIBUTION = """# Attribution of the demo images
 """
 
 
-def load_trained(checkpoint: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, int]:
-    """UNet and text encoder of a train_unet checkpoint, with the EMA averages where it has them."""
-    ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
+def load_trained(checkpoint: Path | dict) -> tuple[UNet2DConditionModel, CLIPTextModel, int]:
+    """UNet and text encoder of a train_unet checkpoint (a path or the loaded dict), with the EMA averages
+    where it has them."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, weights_only=False, map_location="cpu")
     unet = UNet2DConditionModel.from_config(ckpt["unet_config"])
     unet.load_state_dict(ckpt["unet"])
     text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(ckpt["text_config"]))
@@ -76,18 +78,16 @@ def write_assets(data: Path, assets: Path, n_twemoji: int = 20, n_reference: int
 
 
 def save_slim_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    """The UNet run's exported weights (the EMA averages), configs and step, without the optimizer state or the
-    raw weights (37 MB instead of 150 MB), and its loss curve, committed so that a later session can resume training: copy checkpoint.pt to
-    training/runs/unet/ and rerun train_unet with a larger --steps (Adam's moments restart from zero)."""
+    """folder/checkpoint.pt: the run's exported weights (the EMA averages), configs and step, without the
+    optimizer state or the raw weights (37 MB instead of 150 MB), to move a run between machines. train_unet
+    resumes from it (copy it into a run folder) with a fresh Adam and a new warm-up."""
     ckpt = torch.load(checkpoint, weights_only=False, map_location="cpu")
-    unet, text_encoder, _ = load_trained(checkpoint)
+    unet, text_encoder, _ = load_trained(ckpt)
     ckpt.update(unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), weights="ema")
     for key in ("optimizer", "ema", "total_steps"):  # a resumed run takes its length from --steps
         ckpt.pop(key, None)
     folder.mkdir(parents=True, exist_ok=True)
     save_atomic(ckpt, folder / "checkpoint.pt")
-    if (checkpoint.parent / "loss.jsonl").exists():
-        shutil.copy(checkpoint.parent / "loss.jsonl", folder / "loss.jsonl")
     return folder / "checkpoint.pt"
 
 
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=HERE / "data")
     p.add_argument("--out", type=Path, default=None, help="pipeline folder (default: the package's models/mini-sd)")
     p.add_argument("--assets", type=Path, default=None, help="demo images (default: the package's assets/)")
-    p.add_argument("--slim", type=Path, default=None,
-                   help="folder for the slim checkpoint (default training/artifacts/unet; with --smoke, OUT-checkpoint)")
+    p.add_argument("--record", type=Path, default=None,
+                   help="folder for the run's loss curve (default training/artifacts/unet; with --smoke, OUT-record)")
+    p.add_argument("--slim", action="store_true", help="also write the slim checkpoint (EMA weights only) there")
     p.add_argument("--smoke", action="store_true", help="allow an untrained VAE (for CI smoke runs)")
     args = p.parse_args(argv)
     if args.smoke and (args.out is None or args.assets is None):
@@ -124,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if card_text is not None:
         card.write_text(card_text)
     write_assets(args.data, args.assets)
-    slim = args.slim or (args.out.with_name(args.out.name + "-checkpoint") if args.smoke else HERE / "artifacts" / "unet")
-    save_slim_checkpoint(args.checkpoint, slim)  # a smoke run never replaces the committed checkpoint
+    record = args.record or (args.out.with_name(args.out.name + "-record") if args.smoke else HERE / "artifacts" / "unet")
+    record.mkdir(parents=True, exist_ok=True)  # a smoke run never writes into training/artifacts
+    if (args.checkpoint.parent / "loss.jsonl").exists():
+        shutil.copy(args.checkpoint.parent / "loss.jsonl", record / "loss.jsonl")
+    if args.slim:
+        save_slim_checkpoint(args.checkpoint, record)
     size = sum(f.stat().st_size for f in args.out.rglob("*.safetensors")) / 2**20
     print(f"exported step {step} to {args.out} ({size:.1f} MB of weights) and demo images to {args.assets}")
     return 0

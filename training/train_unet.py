@@ -8,6 +8,7 @@ classifier-free guidance. The export is a StableDiffusionPipeline folder (DDIM, 
 clip_sample False) that loads with a plain ``StableDiffusionPipeline.from_pretrained(folder)``.
 
     python -m training.train_unet [--steps N] [--max-minutes M]   # resumes from <run>/checkpoint.pt
+    python -m training.train_unet --init src/leakstyle/models/mini-sd --run R --steps N   # continue the shipped model
     python -m training.train_unet --smoke --run /tmp/unet-smoke    # a few steps, for CI
 """
 
@@ -158,8 +159,11 @@ def steps_for_budget(step: int, rate: float, seconds_left: float, margin: float 
 def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, steps: int, batch_size: int = 32,
           lr: float = 3e-4, warmup: int = 200, seed: int = 0, ckpt_every: int = 250, log_every: int = 10,
           max_minutes: float | None = None, budget_minutes: float | None = None, ema_decay: float = 0.999,
-          device: str = "cpu", workers: int = 0) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+          device: str = "cpu", workers: int = 0, init: Path | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train (or resume) text encoder + UNet in run/ until `steps` or `max_minutes`.
+
+    A new run starts from random weights, or from those of the pipeline folder `init` (the shipped model,
+    say); a run with a checkpoint resumes from it and ignores `init`.
 
     budget_minutes instead fixes `steps` from the speed measured over the first steps (still inside the
     warm-up, whose learning rate does not depend on the total), so that the cosine schedule ends when the
@@ -174,13 +178,16 @@ def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, s
         unet.load_state_dict(ckpt["unet"])
         text_encoder.load_state_dict(ckpt["text_encoder"])
         step = ckpt["step"]
+    elif init is not None:  # a new run (step 0, its own schedule) from the weights of an exported pipeline
+        unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", dtype=torch.float32)
     unet.to(device), text_encoder.to(device), vae.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.startswith("cuda"))
     rewarm_from = None
     if ckpt and "optimizer" in ckpt:
         opt.load_state_dict(ckpt["optimizer"])
-    elif ckpt:  # the committed slim checkpoint (training/artifacts/unet) has none: Adam restarts, so warm up again
+    elif ckpt:  # a slim checkpoint (export_model --slim) has none: Adam restarts, so warm up again
         rewarm_from = step
     ema = EMA(params, ema_decay, ckpt.get("ema") if ckpt else None)
     probe, budget_total = None, ckpt.get("total_steps") if ckpt else None
@@ -235,8 +242,9 @@ def train(run: Path, data: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, s
         if step % ckpt_every == 0:
             checkpoint()
     checkpoint()
-    unet.load_state_dict(named_ema(unet, ema.shadow[:len(list(unet.parameters()))]))
-    text_encoder.load_state_dict(named_ema(text_encoder, ema.shadow[len(list(unet.parameters())):]))
+    n = len(list(unet.parameters()))
+    unet.load_state_dict(named_ema(unet, ema.shadow[:n]))
+    text_encoder.load_state_dict(named_ema(text_encoder, ema.shadow[n:]))
     vae.cpu()
     return unet.cpu().eval(), text_encoder.cpu().eval()
 
@@ -293,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes that build batches ahead")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start a new run from this pipeline folder's UNet and text encoder (e.g. src/leakstyle/models/mini-sd)")
     p.add_argument("--smoke", action="store_true", help="3 steps, batch 4, 2 sampling steps: for CI")
     p.add_argument("--export", type=Path, default=None, help="pipeline folder (default <run>/pipeline)")
     args = p.parse_args(argv)
@@ -302,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.steps, args.batch_size, args.ckpt_every = 3, 4, 2
+    if args.init is not None and not (args.init / "unet" / "config.json").is_file():
+        raise SystemExit(f"--init {args.init} is not a pipeline folder with a unet/ (e.g. src/leakstyle/models/mini-sd)")
     if not (args.tokenizer / "tokenizer_config.json").exists():
         raise SystemExit(f"no tokenizer in {args.tokenizer}: run `python -m training.build_tokenizer` first")
     tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)
@@ -312,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     unet, text_encoder = train(args.run, args.data, vae, tokenizer, args.steps, args.batch_size, args.lr,
                                warmup=2 if args.smoke else args.warmup, seed=args.seed, ckpt_every=args.ckpt_every,
                                max_minutes=args.max_minutes, budget_minutes=args.budget_minutes,
-                               ema_decay=args.ema_decay, device=args.device, workers=args.workers)
+                               ema_decay=args.ema_decay, device=args.device, workers=args.workers, init=args.init)
     ckpt = torch.load(args.run / "checkpoint.pt", weights_only=False)
     step, total = ckpt["step"], ckpt.get("total_steps") or args.steps
     if step < total:
