@@ -1,5 +1,8 @@
 """The invariant: the tensor the UNet receives at the first step is sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -141,7 +144,5 @@ def test_generate_with_a_scheduler_leaves_the_pipelines_own(sd):
 
 
 def test_import_leakstyle_does_not_import_diffusers():
-    import subprocess
-    import sys
     code = "import sys, leakstyle; print('diffusers' in sys.modules, 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]

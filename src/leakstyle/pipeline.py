@@ -6,6 +6,7 @@ as they are. Pixel-space models (UNet2DModel + scheduler) take no `latents=`, so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -105,6 +106,18 @@ def noise_name(pipe, baseline: bool = False) -> str:
     return "style" if getattr(pipe, "leakstyle_noise", None) is not None and not baseline else "standard"
 
 
+@contextlib.contextmanager
+def using_scheduler(pipe, name: str | None):
+    """pipe.scheduler replaced by the scheduler called `name` (None: kept) inside the block, restored after it."""
+    own = pipe.scheduler
+    if name is not None:
+        pipe.scheduler = make_scheduler(name, own.config)
+    try:
+        yield
+    finally:
+        pipe.scheduler = own
+
+
 def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
@@ -122,40 +135,29 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
     `scheduler` applies to this call only: `pipe.scheduler` is the same object afterwards.
     """
-    own = pipe.scheduler
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, own.config)
-    try:
-        return _generate(pipe, prompt, style, color, strength, seed, num_images, num_inference_steps, guidance_scale,
-                         negative_prompt, height, width, progress, noise)
-    finally:
-        pipe.scheduler = own  # the caller's pipeline keeps its scheduler
-
-
-def _generate(pipe, prompt, style, color, strength, seed, num_images, num_inference_steps, guidance_scale,
-              negative_prompt, height, width, progress, noise) -> list[Image.Image]:
-    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
-    if prompts is not None:
-        num_images = len(prompts)
-    if isinstance(color, str):
-        color = color_to_model_units(pipe, color)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    if isinstance(noise, str):
-        noise = getattr(pipe, "leakstyle_noise", None)
-    start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
-    latents = torch.cat([
-        start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
-              generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
-              dtype=dtype)
-        for i in range(num_images)])
-    # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
-    generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]
-    if not is_text_to_image(pipe):
-        return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
-    if prompt is None:
-        raise LeakstyleError("this model is text-to-image: give a prompt")
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
-    height, width = image_size(pipe, height, width)
-    return pipe(prompt=prompts or [prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                height=height, width=width, generator=generators).images
+    with using_scheduler(pipe, scheduler):
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
+        if prompts is not None:
+            num_images = len(prompts)
+        if isinstance(color, str):
+            color = color_to_model_units(pipe, color)
+        device, dtype = pipe.unet.device, pipe.unet.dtype
+        if isinstance(noise, str):
+            noise = getattr(pipe, "leakstyle_noise", None)
+        start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
+        latents = torch.cat([
+            start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
+                  generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
+                  dtype=dtype)
+            for i in range(num_images)])
+        # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
+        generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]
+        if not is_text_to_image(pipe):
+            return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+        if prompt is None:
+            raise LeakstyleError("this model is text-to-image: give a prompt")
+        pipe.set_progress_bar_config(disable=not progress, leave=False)
+        height, width = image_size(pipe, height, width)
+        return pipe(prompt=prompts or [prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
+                    height=height, width=width, generator=generators).images
