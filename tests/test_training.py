@@ -362,3 +362,10 @@ def test_a_new_run_can_start_from_an_exported_pipeline(emoji_dir, tmp_path):
     assert ckpt["step"] == 0 and all(torch.equal(ckpt["unet"][k], shipped[k]) for k in shipped)
     with pytest.raises(SystemExit, match="not a pipeline folder"):
         train_unet.main(["--init", str(tmp_path / "nothing"), "--run", str(tmp_path / "third")])
+
+
+@pytest.mark.parametrize("stage", [train_unet, train_vae, eval_vae])
+def test_missing_data_is_one_line_before_any_work(stage, tmp_path):
+    with pytest.raises(SystemExit, match="no manifest.jsonl in .*fetch_data"):
+        stage.main(["--data", str(tmp_path), *([] if stage is eval_vae else ["--run", str(tmp_path / "run")])])
+    assert not (tmp_path / "run").exists()

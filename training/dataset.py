@@ -21,6 +21,13 @@ from torch.utils.data import Dataset
 SIZE = 64
 
 
+def require_data(*folders: Path) -> None:
+    """One line and exit when a data folder has no manifest.jsonl (the training scripts' --data)."""
+    for folder in folders:
+        if not (Path(folder) / "manifest.jsonl").is_file():
+            raise SystemExit(f"no manifest.jsonl in {folder}: run `python -m training.fetch_data` first, or pass --data")
+
+
 def load_manifest(folder: Path, split: str | None = None) -> list[dict]:
     """Rows of <folder>/manifest.jsonl (see fetch_data.py), optionally only one split."""
     rows = [json.loads(line) for line in (Path(folder) / "manifest.jsonl").read_text().splitlines()]

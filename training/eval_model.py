@@ -28,7 +28,7 @@ import leakstyle as ls
 from leakstyle.encode import encode
 from leakstyle.moments import Moments
 from leakstyle.distribution import StyleDistribution
-from training.dataset import EmojiComposites, load_manifest
+from training.dataset import EmojiComposites, load_manifest, require_data
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "src" / "leakstyle" / "models" / "mini-sd"
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    require_data(args.data / "google")
+    if not (args.model / "model_index.json").is_file():
+        raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json)")
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from training.dataset import require_data
 from training.train_vae import DEFAULT_DATA, DEFAULT_RUN, fixed_images, latent_std, psnr, reconstruct
 
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    require_data(args.data)
     r = evaluate(load_vae(args.vae, args.checkpoint, args.data), args.data, args.per_emoji)
     print(f"PSNR on {r['n_eval_images']} held-out composites: {r['psnr_eval_db']:.2f} dB")
     print(f"latent {r['latent_size'][0]}x{r['latent_size'][1]}, scaling_factor {r['scaling_factor']:.4f}")

@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from training.dataset import EmojiComposites, load_manifest
+from training.dataset import EmojiComposites, load_manifest, require_data
 from training.loop import save_atomic
 from training.train_unet import export_pipeline, named_ema
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--smoke exports a throwaway model: give --out and --assets (the package's model stays as it is)")
     args.out = args.out or PACKAGE / "models" / "mini-sd"
     args.assets = args.assets or PACKAGE / "assets"
+    require_data(args.data / "google", args.data / "twitter")
     for path, stage in ((args.checkpoint, "train_unet"), (args.tokenizer / "tokenizer_config.json", "build_tokenizer")):
         if not path.exists():
             raise SystemExit(f"missing {path}: run `python -m training.{stage}` first")

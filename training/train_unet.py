@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from torch.utils.data import Dataset
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from training.dataset import EmojiComposites
+from training.dataset import EmojiComposites, require_data
 from training.loop import LossLog, batch_indices, collate, lr_at, save_atomic
 from training.train_vae import vae_config
 
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.batch_size, args.ckpt_every = 3, 4, 2
     if args.init is not None and not (args.init / "unet" / "config.json").is_file():
         raise SystemExit(f"--init {args.init} is not a pipeline folder with a unet/ (e.g. src/leakstyle/models/mini-sd)")
+    require_data(args.data)
     if not (args.tokenizer / "tokenizer_config.json").exists():
         raise SystemExit(f"no tokenizer in {args.tokenizer}: run `python -m training.build_tokenizer` first")
     tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer)

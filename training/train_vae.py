@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from training.dataset import EmojiComposites
+from training.dataset import EmojiComposites, require_data
 from training.loop import LossLog, batch_indices, collate, lr_at, save_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.steps, args.batch_size, args.ckpt_every = 3, 4, 2
+    require_data(args.data)
     vae = train(args.run, args.data, args.steps, args.batch_size, args.lr, kl_weight=args.kl_weight,
                 seed=args.seed, ckpt_every=args.ckpt_every, max_minutes=args.max_minutes,
                 warmup=2 if args.smoke else 200)
