@@ -11,9 +11,11 @@ import warnings
 
 import torch
 
+from .denoiser import denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of, vae_factor
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
-from .schedule import ZERO_SNR_EXPLANATION, Leak, ZeroTerminalSNRWarning, leak_at_first_step
+from .schedule import Leak, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
+from .video import check_frames, video_x_tilde
 
 
 def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak, scale: float = 1.0) -> torch.Tensor:
@@ -23,16 +25,9 @@ def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak, scale: float = 1.0
     return x_tilde.mul_(leak.sqrt_abar_T / scale).add_(eps, alpha=leak.sqrt_one_minus_abar_T / scale)
 
 
-def vae_factor(pipe) -> int:
-    """How many pixels one latent element spans per side (1 for pixel-space models)."""
-    vae = getattr(pipe, "vae", None)
-    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-
-
 def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
     """(height, width) in pixels: as given, or the model's native size."""
-    sample_size = pipe.unet.config.sample_size
-    sample_size = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+    sample_size = native_latent_size(pipe)
     return height or sample_size[0] * vae_factor(pipe), width or sample_size[1] * vae_factor(pipe)
 
 
@@ -42,7 +37,7 @@ def latent_shape(pipe, height: int | None, width: int | None) -> tuple[int, int,
     height, width = image_size(pipe, height, width)
     if height % factor or width % factor:
         raise LeakstyleError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
-    return pipe.unet.config.in_channels, height // factor, width // factor
+    return latent_channels(pipe), height // factor, width // factor
 
 
 def noise(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
@@ -53,18 +48,25 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     width: int | None = None, num_inference_steps: int = 50,
                     generator: torch.Generator | None = None, scheduler=None,
                     color: torch.Tensor | None = None, strength: float = 1.0,
-                    device=None, dtype=torch.float32) -> torch.Tensor:
+                    device=None, dtype=torch.float32, num_frames: int | None = None,
+                    frames: str = "shared") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
     Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
     sets the low frequencies (see StyleDistribution.with_color). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
+
+    Video pipelines (see denoiser.layout) get [B, C, F, h, w] or [B, F, C, h, w] with F = `num_frames` (the
+    model's default if None): eps independent per frame, x_tilde shared by a clip's frames or, with
+    frames="independent", one per frame (see video.video_x_tilde).
     """
     scheduler = scheduler or pipe.scheduler
+    check_frames(frames)
     C, h, w = latent_shape(pipe, height, width)
-    device = device or pipe.unet.device
-    eps = noise((batch_size, C, h, w), generator, device, dtype)
+    F = num_frames_of(pipe, num_frames)
+    device = device or denoiser_of(pipe).device
+    eps = noise(latent_tensor_shape(pipe, batch_size, C, h, w, F), generator, device, dtype)
     if style is None and color is None:
         return eps
     if style is not None and style.channels != C:
@@ -72,10 +74,13 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                              f"fit the style with this model")
     leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     if not leak.has_leak:
-        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+        warnings.warn(no_leak_explanation(scheduler, leak), ZeroTerminalSNRWarning, stacklevel=2)
         return eps
     if color is not None:
         base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
         style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
-    x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    if F is None:
+        x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    else:
+        x_tilde = video_x_tilde(style, batch_size, F, h, w, layout(pipe), frames, generator, device, dtype)
     return x_T(x_tilde, eps, leak, scale=leak.input_scale)

@@ -16,11 +16,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .cascade import is_cascade, run_stage_one
+from .denoiser import denoiser_of, is_video, num_frames_of
 from .distribution import StyleDistribution
 from .encode import color_to_model_units
 from .errors import LeakstyleError
 from .finetune import style_initial_latents
 from .leak import image_size, initial_latents
+from .pipecall import call_pipeline, takes_latents
 from .schedulers import make_scheduler
 
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
@@ -72,8 +75,8 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
     except Exception as e:  # diffusers/hub raise many types; the user needs the one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
-        raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None or not hasattr(pipe, "scheduler"):
+        raise LeakstyleError(f"{model} has no UNet or transformer and scheduler; leakstyle needs a diffusion pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -122,7 +125,8 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
              width: int | None = None, scheduler: str | None = None, progress: bool = False,
-             noise: StyleDistribution | None | str = "auto") -> list[Image.Image]:
+             noise: StyleDistribution | None | str = "auto", num_frames: int | None = None, frames: str = "shared",
+             image: Image.Image | None = None) -> list:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
@@ -134,6 +138,11 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     (`pipe.leakstyle_noise`, set by load_pipeline), None means N(0, I). A Diffusion-in-Style model starts from
     x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
     `scheduler` applies to this call only: `pipe.scheduler` is the same object afterwards.
+
+    Video pipelines (AnimateDiff, text-to-video, Stable Video Diffusion) make `num_images` videos of `num_frames`
+    frames and return a list of videos, each a list of frames; `frames` is "shared" (one x_tilde per video) or
+    "independent" (see leak.initial_latents). Stable Video Diffusion animates `image` and takes no prompt.
+    DeepFloyd IF (no `latents=`) runs stage I from the leak (see cascade.run_stage_one) and returns 64 px images.
     """
     with using_scheduler(pipe, scheduler):
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
@@ -141,10 +150,13 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
             num_images = len(prompts)
         if isinstance(color, str):
             color = color_to_model_units(pipe, color)
-        device, dtype = pipe.unet.device, pipe.unet.dtype
+        device, dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype
         if isinstance(noise, str):
             noise = getattr(pipe, "leakstyle_noise", None)
-        start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
+        if noise is not None and is_video(pipe):
+            raise LeakstyleError("Diffusion in Style noise is for image models; this is a video pipeline")
+        start = (functools.partial(initial_latents, num_frames=num_frames, frames=frames) if noise is None
+                 else functools.partial(style_initial_latents, noise=noise))
         latents = torch.cat([
             start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
                   generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
@@ -152,12 +164,15 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
             for i in range(num_images)])
         # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
         generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]
-        if not is_text_to_image(pipe):
+        if not is_text_to_image(pipe) and not takes_latents(pipe):
             return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
-        if prompt is None:
-            raise LeakstyleError("this model is text-to-image: give a prompt")
+        prompts = prompts or ([prompt] * num_images if prompt is not None else None)
+        if is_cascade(pipe):
+            if prompts is None:
+                raise LeakstyleError("this model is text-to-image: give a prompt")
+            return run_stage_one(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale,
+                                 generators, progress)
         pipe.set_progress_bar_config(disable=not progress, leave=False)
         height, width = image_size(pipe, height, width)
-        return pipe(prompt=prompts or [prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                    height=height, width=width, generator=generators).images
+        return call_pipeline(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, height,
+                             width, generators, num_frames=num_frames_of(pipe, num_frames), image=image)
