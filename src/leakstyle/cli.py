@@ -237,6 +237,21 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+# -- probe -------------------------------------------------------------------------------------------
+def cmd_probe(args) -> int:
+    import json
+
+    from .files import load
+    from .pipeline import load_pipeline
+    from .probe import format_probe, probe
+
+    style = load(args.style) if args.style else None
+    pipe = load_pipeline(args.model, device=args.device)
+    result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_probe(result, str(args.model or "leakstyle/mini-sd")))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .schedulers import SCHEDULERS
@@ -360,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--force", action="store_true")
     m.set_defaults(func=cmd_merge)
+
+    pr = sub.add_parser("probe", help="how strongly a model's schedule leaks, before generating anything",
+                        description="T and sqrt(abar_T) of the scheduler's first step, the per-element and DC SNR at "
+                                    "the size, the pure-noise std ratio of channel means that the linear-Gaussian "
+                                    "picture predicts, and a verdict: strong (SNR_DC >= 1), weak (>= 0.25) or none.")
+    pr.add_argument("--model", help="diffusers folder or hub id (default: the embedded miniature model)")
+    pr.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
+                    help="scheduler to probe (default: the model's own)")
+    pr.add_argument("--steps", type=int, default=25, help="inference steps (default 25, as generate)")
+    pr.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
+    pr.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
+    pr.add_argument("--style", default=None, help="dct style file or official folder giving sigma_m (default: the "
+                    "model's latents of the bundled reference images)")
+    pr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    pr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    pr.set_defaults(func=cmd_probe)
     return p
 
 
