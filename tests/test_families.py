@@ -305,3 +305,50 @@ def test_sd3_is_refused_as_flow_matching():
 def test_flux_schedule_leaks_nothing_without_its_shift():
     leak = ls.leak_at_first_step(fp.scheduler(fp.FLUX), 25, warn=False)
     assert not leak.has_leak and leak.abar_T == 0.0
+
+
+# -- the command line --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def animatediff_path(animatediff, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("animatediff")
+    animatediff.save_pretrained(folder)
+    return folder
+
+
+def test_cli_num_frames_writes_frames_and_an_animated_webp(animatediff_path, tmp_path, capsys):
+    from leakstyle.cli import main
+    a_style().save(tmp_path / "s.safetensors")
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(animatediff_path), "--prompt", "a cat", "--num-frames", "3", "--steps", "2",
+                 "--guidance", "1", "--style", str(tmp_path / "s.safetensors"), "--baseline", "--quiet",
+                 "--out", str(out)]) == 0
+    for name in ("0000-seed0", "0000-seed0-baseline"):
+        assert sorted(p.name for p in out.glob(f"{name}-frame*.png")) == [f"{name}-frame{j:03d}.png" for j in range(3)]
+        with Image.open(out / f"{name}.webp") as webp:
+            assert webp.is_animated and webp.n_frames == 3 and webp.size == (16, 16)
+    with Image.open(out / "0000-seed0-frame001.png") as frame:
+        assert '"frame": 1' in frame.info["leakstyle"] and '"baseline": false' in frame.info["leakstyle"]
+
+
+def test_cli_video_model_needs_num_frames_and_image_model_refuses_it(animatediff_path, sd_path, tmp_path, capsys):
+    from helpers import run_error
+    assert "video model: give --num-frames" in run_error(
+        ["generate", "--model", str(animatediff_path), "--prompt", "a cat", "--out", str(tmp_path / "a")], capsys)
+    assert "makes images, not videos" in run_error(
+        ["generate", "--model", str(sd_path), "--prompt", "a cat", "--num-frames", "4", "--out", str(tmp_path / "b")], capsys)
+    assert "at least 1" in run_error(
+        ["generate", "--model", str(sd_path), "--prompt", "a cat", "--num-frames", "0", "--out", str(tmp_path / "c")], capsys)
+
+
+def test_cli_refuses_deepfloyd_if_at_t_999_naming_its_cosine_schedule(deepfloyd_if, tmp_path, capsys):
+    from helpers import run_error
+    own = deepfloyd_if.scheduler
+    deepfloyd_if.scheduler = make_scheduler("ddpm", own.config, timestep_spacing="trailing")
+    try:
+        deepfloyd_if.save_pretrained(tmp_path / "if")
+    finally:
+        deepfloyd_if.scheduler = own
+    a_style(3, 16, 16).save(tmp_path / "s.safetensors")
+    line = run_error(["generate", "--model", str(tmp_path / "if"), "--prompt", "a cat", "--style",
+                      str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "out")], capsys)
+    assert "cosine schedule (squaredcos_cap_v2)" in line and "not rescale_betas_zero_snr" in line

@@ -60,33 +60,46 @@ def cmd_fit(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from .denoiser import is_video
     from .encode import color_to_model_units
     from .files import load, write_atomic
     from .leak import image_size, latent_shape
     from .pipeline import generate, load_pipeline, noise_name
-    from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, leak_at_first_step
+    from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, leak_at_first_step, no_leak_explanation
     from .schedulers import make_scheduler, scheduler_name
+    from .videofiles import video_paths, write_video
 
     if not 0.0 <= args.strength <= 1.0:
         raise LeakstyleError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.num_images < 1 or args.steps < 1:
         raise LeakstyleError("--num-images and --steps must be at least 1")
+    if args.num_frames is not None and args.num_frames < 1:
+        raise LeakstyleError(f"--num-frames must be at least 1, got {args.num_frames}")
     style = load(args.style) if args.style else None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LeakstyleError(f"{out} is a file; --out needs a folder")
     names = [f"{i:04d}-seed{args.seed + i}" for i in range(args.num_images)]
-    targets = [out / f"{n}.png" for n in names] + ([out / f"{n}-baseline.png" for n in names] if args.baseline else [])
+    suffixes = [""] + (["-baseline"] if args.baseline else [])
+    if args.num_frames is None:
+        targets = [out / f"{n}{x}.png" for x in suffixes for n in names]
+    else:  # videos: frames and an animated WebP each
+        targets = [p for x in suffixes for n in names for p in video_paths(out, n + x, args.num_frames)]
+    init_image = open_image(args.image) if args.image else None
     existing = [t for t in targets if t.exists()]
     if existing and not args.force:
         raise LeakstyleError(f"{existing[0]} already exists; pass --force to overwrite, or choose another --out")
 
     pipe = load_pipeline(args.model, device=args.device)
+    if is_video(pipe) != (args.num_frames is not None):
+        raise LeakstyleError(f"{args.model} is a video model: give --num-frames" if is_video(pipe) else
+                             f"{args.model or 'this model'} makes images, not videos; leave out --num-frames")
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
-    if (style is not None or args.color) and not leak_at_first_step(pipe.scheduler, args.steps, warn=False).has_leak:
+    leak = leak_at_first_step(pipe.scheduler, args.steps, warn=False)
+    if (style is not None or args.color) and not leak.has_leak:
         finetuned = getattr(pipe, "leakstyle_noise", None) is not None
-        raise LeakstyleError(ZERO_SNR_FINETUNED_EXPLANATION if finetuned else ZERO_SNR_EXPLANATION)
+        raise LeakstyleError(ZERO_SNR_FINETUNED_EXPLANATION if finetuned else no_leak_explanation(pipe.scheduler, leak))
     C, _, _ = latent_shape(pipe, args.height, args.width)
     if style is not None and style.channels != C:
         raise LeakstyleError(f"{args.style} has {style.channels} channels but this model's latents have {C}; "
@@ -100,7 +113,8 @@ def cmd_generate(args) -> int:
     height, width = image_size(pipe, args.height, args.width)
     common = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
                   num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
-                  progress=not args.quiet)
+                  progress=not args.quiet, **({"num_frames": args.num_frames, "frames": args.frames} if args.num_frames else {}),
+                  **({"image": init_image} if init_image is not None else {}))
     runs = [("", style, color)] + ([("-baseline", None, None)] if args.baseline else [])
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(pipe.scheduler), guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"),
@@ -115,9 +129,23 @@ def cmd_generate(args) -> int:
         for i, image in enumerate(images):
             p = {**params, "seed": args.seed + i, "baseline": bool(suffix), "noise": noise_name(pipe, baseline=bool(suffix)),
                  **(style_params if not suffix else dict(style=None, style_sha256=None, color=None, strength=None))}
-            write_atomic(out / f"{names[i]}{suffix}.png", png_bytes(image, p), force=True)
-    print(f"wrote {len(targets)} images to {out}")
+            if args.num_frames is None:
+                write_atomic(out / f"{names[i]}{suffix}.png", png_bytes(image, p), force=True)
+            else:  # `image` is a video: its frames
+                write_video(out, f"{names[i]}{suffix}", image, p, force=True)
+    print(f"wrote {len(targets)} {'images' if args.num_frames is None else 'files (frames and WebP videos)'} to {out}")
     return 0
+
+
+def open_image(path) -> "Image.Image":
+    """The RGB image at `path` (the image Stable Video Diffusion animates), or a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise LeakstyleError(f"cannot read image {path}: {e}") from None
 
 
 # -- inspect, convert, merge -------------------------------------------------------------------------
@@ -298,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--baseline", action="store_true", help="also write the pure-noise image for each seed")
+    g.add_argument("--num-frames", type=int, default=None, help="video models: frames per video; writes NAME-frameJJJ.png "
+                   "and an animated NAME.webp per video (default: images; video models need it)")
+    g.add_argument("--frames", choices=("shared", "independent"), default="shared",
+                   help="video: one x_tilde per video shared by its frames (default), or one per frame")
+    g.add_argument("--image", default=None, help="image to animate (Stable Video Diffusion; default: none)")
     g.add_argument("--out", required=True, help="output folder")
     common(g)
     g.set_defaults(func=cmd_generate)
