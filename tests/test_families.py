@@ -352,3 +352,31 @@ def test_cli_refuses_deepfloyd_if_at_t_999_naming_its_cosine_schedule(deepfloyd_
     line = run_error(["generate", "--model", str(tmp_path / "if"), "--prompt", "a cat", "--style",
                       str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "out")], capsys)
     assert "cosine schedule (squaredcos_cap_v2)" in line and "not rescale_betas_zero_snr" in line
+
+
+def test_report_runs_on_a_transformer_pipeline(pixart, tmp_path):
+    from helpers import write_images
+    from leakstyle.report import run_report
+    index = run_report(pixart, write_images(tmp_path / "ref", n=4, size=16), tmp_path / "report", n=4, steps=2,
+                       guidance=1.0, n_boot=20, colors=["#1e90ff"], per_color=2, progress=False)
+    assert index.exists() and (tmp_path / "report" / "report.json").exists()
+
+
+@pytest.mark.parametrize("family", ["pixart", "hunyuan"])
+def test_generate_with_guidance_and_no_negative_prompt(request, family):
+    pipe = request.getfixturevalue(family)
+    images = ls.generate(pipe, "a cat", style=a_style(), num_inference_steps=2, guidance_scale=4.0)
+    assert len(images) == 1
+
+
+def test_fit_on_video_frames_in_a_folder(animatediff, tmp_path):
+    from helpers import write_images
+    style = ls.fit(write_images(tmp_path / "frames", n=3, size=16), pipe=animatediff, kind="dct", components=2,
+                   progress=False)
+    lat = initial_latents(animatediff, style, num_frames=2, generator=torch.Generator().manual_seed(0))
+    assert (style.channels, style.height, style.width) == (4, 8, 8) and lat.shape == (1, 4, 2, 8, 8)
+
+
+def test_unknown_frames_mode_is_refused(animatediff):
+    with pytest.raises(LeakstyleError, match="unknown frames mode"):
+        initial_latents(animatediff, a_style(), num_frames=2, frames="alternate")

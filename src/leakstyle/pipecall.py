@@ -50,8 +50,9 @@ def call_pipeline(pipe, latents, prompts: list[str] | None, negative_prompt: str
             raise LeakstyleError("this model is text-to-image: give a prompt")
         if image is not None:
             raise LeakstyleError(f"{type(pipe).__name__} takes a prompt, not an image")
-        call.update(prompt=prompts, guidance_scale=guidance_scale,
-                    negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None)
+        call.update(prompt=prompts, guidance_scale=guidance_scale)
+        if negative_prompt:  # else the pipeline's own default (PixArt's is "", not None)
+            call["negative_prompt"] = [negative_prompt] * len(prompts)
     if is_video(pipe):
         call.update(num_frames=num_frames, output_type="pil")
         return list(pipe(**call).frames)
