@@ -169,3 +169,9 @@ def test_cli_probe_user_errors(sd_path, tmp_path, capsys):
     assert "at least 1" in run_error(["probe", "--model", str(sd_path), "--steps", "0"], capsys)
     StyleDistribution("pixel", torch.zeros(4, 8, 8), torch.ones(4, 8, 8)).save(tmp_path / "p.safetensors")
     assert "--type dct" in run_error(["probe", "--model", str(sd_path), "--style", str(tmp_path / "p.safetensors")], capsys)
+
+
+def test_probe_of_a_flow_matching_pipeline_is_none_without_encoding_anything():
+    p = probe(fp.sd3(), steps=28)
+    assert p.verdict == "none" and "flow matching" in p.explanation and p.sigma_m is None
+    assert (p.latent_height, p.latent_width) == (8, 8)

@@ -48,10 +48,11 @@ def latent_channels(pipe) -> int:
 
 
 def native_latent_size(pipe) -> tuple[int, int]:
-    """(h, w) of the latents at the model's native image size (the denoiser's `sample_size`, or CogVideoX's
-    `sample_height` and `sample_width`)."""
+    """(h, w) of the latents at the model's native image size: the denoiser's `sample_size` (CogVideoX's
+    `sample_height` and `sample_width`), else the pipeline's `default_sample_size` (Flux)."""
     config = denoiser_of(pipe).config
-    sample_size = config.get("sample_size") or (config.get("sample_height"), config.get("sample_width"))
+    sample_size = (config.get("sample_size") or getattr(pipe, "default_sample_size", None)
+                   or (config.get("sample_height"), config.get("sample_width")))
     if None in (sample_size if isinstance(sample_size, (tuple, list)) else (sample_size,)):
         raise LeakstyleError(f"{type(denoiser_of(pipe)).__name__} does not say its native size; give height and width")
     return tuple(sample_size) if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)

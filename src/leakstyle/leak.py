@@ -11,7 +11,8 @@ import warnings
 
 import torch
 
-from .denoiser import denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of, vae_factor
+from .denoiser import (denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of,
+                       vae_factor)
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
 from .schedule import Leak, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation

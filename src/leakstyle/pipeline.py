@@ -75,7 +75,7 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
     except Exception as e:  # diffusers/hub raise many types; the user needs the one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
-    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None or not hasattr(pipe, "scheduler"):
+    if (getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None) or not hasattr(pipe, "scheduler"):
         raise LeakstyleError(f"{model} has no UNet or transformer and scheduler; leakstyle needs a diffusion pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
