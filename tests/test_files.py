@@ -57,7 +57,7 @@ def one_line_style_error(path) -> str:
 @pytest.mark.parametrize("kind", ["pixel", "dct"])
 def test_load_of_save_gives_back_the_same_distribution(kind: str, tmp_path: Path) -> None:
     style = fitted(kind)
-    path = style.save(tmp_path / "style.safetensors")
+    path = ls.save(style, tmp_path / "style.safetensors")
     loaded = ls.load(path)
     assert_same_style(loaded, style)
     assert {k: loaded.metadata[k] for k in style.metadata} == style.metadata
@@ -65,7 +65,7 @@ def test_load_of_save_gives_back_the_same_distribution(kind: str, tmp_path: Path
 
 @pytest.mark.parametrize("kind", ["pixel", "dct"])
 def test_leakstyle_file_carries_its_metadata(kind: str, tmp_path: Path) -> None:
-    path = fitted(kind).save(tmp_path / "style.safetensors")
+    path = ls.save(fitted(kind), tmp_path / "style.safetensors")
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     expected = {"format": "leakstyle", "format_version": files.FORMAT_VERSION, "statistic_type": kind,
@@ -76,14 +76,14 @@ def test_leakstyle_file_carries_its_metadata(kind: str, tmp_path: Path) -> None:
 
 def test_dct_file_carries_its_component_indices_beside_the_official_tensors(tmp_path: Path) -> None:
     style = fitted("dct")
-    tensors = load_file(style.save(tmp_path / "style.safetensors"))
+    tensors = load_file(ls.save(style, tmp_path / "style.safetensors"))
     assert set(tensors) == {*files.DCT_TENSORS, "lf_component_indices"}
     assert tensors["lf_component_indices"].dtype == torch.int64
     assert tensors["lf_component_indices"].tolist() == [[0, 0], [0, 1], [1, 0]]
 
 
 def test_pixel_file_holds_exactly_the_official_tensors(tmp_path: Path) -> None:
-    tensors = load_file(fitted("pixel").save(tmp_path / "style.safetensors"))
+    tensors = load_file(ls.save(fitted("pixel"), tmp_path / "style.safetensors"))
     assert set(tensors) == set(files.PIXEL_TENSORS)
     assert all(t.dtype == torch.float32 for t in tensors.values())
 
@@ -91,7 +91,7 @@ def test_pixel_file_holds_exactly_the_official_tensors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["pixel", "dct"])
 def test_official_folder_round_trips(kind: str, tmp_path: Path) -> None:
     style = fitted(kind)
-    folder = style.save(tmp_path / "official", format="official")
+    folder = ls.save(style, tmp_path / "official", format="official")
     assert sorted(p.name for p in folder.iterdir()) == ["statistic_type.txt", "stats.safetensors"]
     assert (folder / "statistic_type.txt").read_text() == {"pixel": "pixel", "dct": "dct+pixel"}[kind]
     assert_same_style(ls.load(folder), style)
@@ -103,7 +103,7 @@ def test_save_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
     path = tmp_path / "style.safetensors"
     path.write_bytes(b"precious")
     with pytest.raises(LeakstyleError, match="already exists"):
-        fitted("dct").save(path)
+        ls.save(fitted("dct"), path)
     assert path.read_bytes() == b"precious"
 
 
@@ -111,27 +111,27 @@ def test_save_with_force_replaces_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "style.safetensors"
     path.write_bytes(b"old")
     style = fitted("dct")
-    style.save(path, force=True)
+    ls.save(style, path, force=True)
     assert_same_style(ls.load(path), style)
 
 
 def test_save_refuses_a_non_empty_official_folder_without_force(tmp_path: Path) -> None:
-    folder = fitted("pixel").save(tmp_path / "official", format="official")
+    folder = ls.save(fitted("pixel"), tmp_path / "official", format="official")
     before = (folder / "stats.safetensors").read_bytes()
     with pytest.raises(LeakstyleError, match="not empty"):
-        fitted("dct").save(folder, format="official")
+        ls.save(fitted("dct"), folder, format="official")
     assert (folder / "stats.safetensors").read_bytes() == before
 
 
 def test_save_into_a_missing_folder_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(LeakstyleError, match="does not exist"):
-        fitted("dct").save(tmp_path / "missing" / "style.safetensors")
+        ls.save(fitted("dct"), tmp_path / "missing" / "style.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_successful_save_leaves_no_temporary_file(tmp_path: Path) -> None:
-    fitted("dct").save(tmp_path / "style.safetensors")
-    fitted("dct").save(tmp_path / "style.safetensors", force=True)
+    ls.save(fitted("dct"), tmp_path / "style.safetensors")
+    ls.save(fitted("dct"), tmp_path / "style.safetensors", force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["style.safetensors"]
 
 
@@ -144,14 +144,14 @@ def test_failed_save_leaves_no_temporary_file_and_the_old_file_intact(tmp_path: 
 
     monkeypatch.setattr(files.os, "replace", disk_full)
     with pytest.raises(LeakstyleError, match="No space left"):
-        fitted("dct").save(path, force=True)
+        ls.save(fitted("dct"), path, force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["style.safetensors"]
     assert path.read_bytes() == b"old"
 
 
 # -- bad files ---------------------------------------------------------------------------------------
 def valid_file(tmp_path: Path, kind: str = "dct") -> Path:
-    return fitted(kind).save(tmp_path / f"valid-{kind}.safetensors")
+    return ls.save(fitted(kind), tmp_path / f"valid-{kind}.safetensors")
 
 
 def random_bytes(tmp_path: Path) -> Path:

@@ -32,7 +32,7 @@ from . import __version__
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
 from .errors import ImageError, LeakstyleError
-from .files import load, write_atomic
+from .files import load, save, write_atomic
 from .fit import MIN_IMAGES, fit
 from .images import ImageBatches, digest_paths, list_images, parse_resolution
 from .leak import image_size, latent_shape, x_T
@@ -373,7 +373,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_checkpoints(out)
         if start == 0:
-            style.save(out / STYLE_FILE, force=True)
+            save(style, out / STYLE_FILE, force=True)
         write_record(out, options, "training", start, base_digest)
     accelerator.wait_for_everyone()
     if start > 0:
