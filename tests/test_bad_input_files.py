@@ -146,6 +146,19 @@ def type_file_is_a_folder(tmp_path):
     return folder
 
 
+def type_file_is_unreadable(tmp_path, monkeypatch):
+    folder = official_folder(tmp_path)
+    real = open
+
+    def denied(file, *args, **kwargs):
+        if Path(file).name == "statistic_type.txt":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", denied, raising=False)
+    return folder
+
+
 def stats_file_is_a_folder(tmp_path):
     folder = official_folder(tmp_path)
     (folder / "stats.safetensors").unlink()
@@ -167,20 +180,25 @@ BAD_FILES = [
     (float_indices, "lf_component_indices holds float32 values"),
     (huge_variance, "not a style of any real model"), (huge_mean, "mean reaches 2e+04 model units"),
     (huge_lf_mean, "low-frequency mean reaches"), (huge_lf_covariance, "low-frequency covariance"),
-    (type_file_is_a_folder, "cannot read"), (stats_file_is_a_folder, "is a folder"),
+    (type_file_is_a_folder, "statistic_type.txt: Is a directory"),
+    (type_file_is_unreadable, "cannot read"), (stats_file_is_a_folder, "is a folder"),
 ]
 IDS = [make.__name__ for make, _ in BAD_FILES]
 
 
+def build(make, tmp_path, monkeypatch) -> Path:
+    return make(tmp_path, monkeypatch) if make.__code__.co_argcount == 2 else make(tmp_path)
+
+
 @pytest.mark.parametrize(("make", "words"), BAD_FILES, ids=IDS)
-def test_inspect_of_a_bad_style_file_is_one_line_that_says_what_is_wrong(make, words, tmp_path, capsys):
-    line = run_error(["inspect", str(make(tmp_path))], capsys)
+def test_inspect_of_a_bad_style_file_is_one_line_that_says_what_is_wrong(make, words, tmp_path, monkeypatch, capsys):
+    line = run_error(["inspect", str(build(make, tmp_path, monkeypatch))], capsys)
     assert words in line, line
 
 
-@pytest.mark.parametrize(("make", "words"), BAD_FILES[:6] + BAD_FILES[-4:], ids=IDS[:6] + IDS[-4:])
-def test_convert_of_a_bad_style_file_writes_nothing(make, words, tmp_path, capsys):
-    bad = make(tmp_path)
+@pytest.mark.parametrize(("make", "words"), BAD_FILES[:6] + BAD_FILES[-5:], ids=IDS[:6] + IDS[-5:])
+def test_convert_of_a_bad_style_file_writes_nothing(make, words, tmp_path, monkeypatch, capsys):
+    bad = build(make, tmp_path, monkeypatch)
     before = sorted(p.name for p in tmp_path.iterdir())
     assert words in run_error(["convert", str(bad), str(tmp_path / "out"), "--to", "official"], capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -209,7 +227,10 @@ def test_values_at_the_bound_are_still_a_style(tmp_path):
     ("0,0;-1,0;0,1", "not a list of u,v pairs"),
 ])
 def test_a_wrong_lf_order_is_one_line(order, words, tmp_path, capsys):
-    folder = official_folder(tmp_path, "dct")
+    folder = tmp_path / "from-the-official-code"  # no recorded order
+    folder.mkdir()
+    save_file(files.official_tensors(fitted("dct")), folder / "stats.safetensors")
+    (folder / "statistic_type.txt").write_text("dct+pixel")
     assert words in run_error(["inspect", str(folder), "--lf-order", order], capsys)
 
 
@@ -217,9 +238,11 @@ def test_an_lf_order_for_pixel_statistics_is_refused(tmp_path, capsys):
     assert "no low-frequency components" in run_error(["inspect", str(official_folder(tmp_path)), "--lf-order", "0,0"], capsys)
 
 
-def test_an_lf_order_that_contradicts_a_leakstyle_file_is_refused(tmp_path, capsys):
-    path = ls.save(fitted("dct"), tmp_path / "style.safetensors")
+@pytest.mark.parametrize("official", [False, True], ids=["leakstyle file", "official folder with a record"])
+def test_an_lf_order_that_contradicts_the_recorded_one_is_refused(official, tmp_path, capsys):
+    path = official_folder(tmp_path, "dct") if official else ls.save(fitted("dct"), tmp_path / "style.safetensors")
     assert "records its component order 0,0;0,1;1,0" in run_error(["inspect", str(path), "--lf-order", "0,0;1,0;0,1"], capsys)
+    assert main(["inspect", str(path), "--lf-order", "0,0;0,1;1,0"]) == 0  # the same order is no contradiction
 
 
 # -- item 2: inspect prints what a hostile file holds, escaped ----------------------------------------

@@ -202,6 +202,12 @@ def test_official_folder_holding_other_files_is_not_replaced_even_with_force(tmp
     assert (folder / "notes.txt").read_text() == "mine" and ls.load(folder).kind == "pixel"
 
 
+def test_official_folder_in_a_missing_folder_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(LeakstyleError, match="does not exist"):
+        ls.save(fitted("dct"), tmp_path / "missing" / "official", format="official")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_official_folder_goes_into_an_existing_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "official").mkdir()
     ls.save(fitted("dct"), tmp_path / "official", format="official")

@@ -140,7 +140,7 @@ def write_folder_atomic(folder: str | os.PathLike, contents: dict[str, bytes], f
 
     The folder is written beside the target and renamed into place (an empty existing folder is taken
     over). With force a folder of the same file names is replaced, only once the new one is complete,
-    and keeps its permission bits; a folder holding other files is never replaced. Parent folders are created."""
+    and keeps its permission bits; a folder holding other files is never replaced."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise LeakstyleError(f"{folder} is a file; give a folder name")
@@ -151,10 +151,8 @@ def write_folder_atomic(folder: str | os.PathLike, contents: dict[str, bytes], f
     if others:
         raise LeakstyleError(f"{folder} holds other files ({', '.join(others[:3])}); --force replaces only a folder "
                              f"of {' and '.join(contents)}: choose another folder")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LeakstyleError(f"cannot create {folder.parent}: {e.strerror}") from None
+    if not folder.parent.is_dir():
+        raise LeakstyleError(f"cannot write {folder}: folder {folder.parent} does not exist")
     tmp = beside(folder, "tmp")
     try:
         os.mkdir(tmp, 0o777)
@@ -235,7 +233,7 @@ def save(style: StyleDistribution, path: str | os.PathLike, format: str = "leaks
 
 
 def save_official(style: StyleDistribution, folder: Path, force: bool = False) -> Path:
-    """Write the folder `folder` with `stats.safetensors` and `statistic_type.txt` (parents created if missing)."""
+    """Write the folder `folder` with `stats.safetensors` and `statistic_type.txt` (its parent must exist)."""
     metadata = None
     if style.kind == "dct":
         check_official_order(style.lf_indices, style.height, style.width, "these statistics")
@@ -284,11 +282,14 @@ def check_official_order(indices: torch.Tensor, height: int, width: int, what: s
 
 
 def official_order(n: int, height: int, width: int, metadata: dict[str, str], lf_order, path: Path) -> torch.Tensor:
-    """The component order of official statistics: given, recorded by leakstyle, or assumed with a warning."""
-    if lf_order is not None:
-        indices = as_lf_order(lf_order)
-    elif ORDER_KEY in metadata:
+    """The component order of official statistics: recorded by leakstyle, given, or assumed with a warning."""
+    if ORDER_KEY in metadata:
         indices = parse_lf_order(metadata[ORDER_KEY])
+        if lf_order is not None and not torch.equal(as_lf_order(lf_order), indices):
+            raise StyleFileError(f"{path} records its component order {format_lf_order(indices)}; a given order "
+                                 f"applies only to official statistics that record none")
+    elif lf_order is not None:
+        indices = as_lf_order(lf_order)
     else:
         indices = dct.low_frequency_indices(height, width, n)
         if n >= 2:
@@ -381,7 +382,7 @@ def from_tensors(kind: str, tensors: dict[str, torch.Tensor], metadata: dict[str
         indices = indices.to(torch.int64)
         if lf_order is not None and not torch.equal(as_lf_order(lf_order), indices):
             raise StyleFileError(f"{path} records its component order {format_lf_order(indices)}; a given order "
-                                 f"applies only to official statistics, which record none")
+                                 f"applies only to official statistics that record none")
     else:
         if n > H * W:
             raise StyleFileError(f"{path}: {n} low-frequency components do not fit a {H}x{W} grid; the file is corrupt")
