@@ -32,7 +32,7 @@ from leakstyle.distribution import StyleDistribution
 from leakstyle.errors import LeakstyleError, StyleFileError
 from leakstyle.moments import Moments
 
-from helpers import run_error
+from helpers import write_images
 
 C, H, W = 4, 8, 12
 Z = 5.0  # standard errors allowed
@@ -358,6 +358,14 @@ def test_two_saves_in_one_process_are_byte_identical(tmp_path: Path) -> None:
     style.metadata.update({f"key{i}": str(i) for i in range(12)})
     a, b = ls.save(style, tmp_path / "a.safetensors"), ls.save(style, tmp_path / "b.safetensors")
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_two_fits_of_the_same_images_give_identical_files(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", n=4, size=16)
+    for name in ("a", "b"):
+        assert main(["fit", str(images), "--space", "pixel", "--resolution", "16", "-o", str(tmp_path / f"{name}.safetensors"),
+                     "--quiet"]) == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
 def test_safetensors_bytes_keep_the_metadata_readable_and_sorted(tmp_path: Path) -> None:
