@@ -99,13 +99,13 @@ def test_cli_refuses_steps_beyond_lcm_and_leaves_no_output_folder(tmp_path, sd_p
 def test_text_to_image_sizes_must_be_positive_multiples_of_8(sd, height):
     with pytest.raises(LeakstyleError, match="height must be"):
         generate(sd, "a cat", height=height, **FAST)
-    with pytest.raises(LeakstyleError, match="multiple of 8"):
+    with pytest.raises(LeakstyleError, match="height must be one of the positive multiples of 8 px"):
         initial_latents(sd, None, height=height)
 
 
 def test_pixel_unet_sizes_must_be_multiples_of_its_downsampling(pixel_path):
     pipe = load_pipeline(pixel_path, device="cpu")  # two down blocks: one downsampling by 2
-    with pytest.raises(LeakstyleError, match="width must be a positive multiple of 2"):
+    with pytest.raises(LeakstyleError, match="width must be one of the positive multiples of 2 px"):
         generate(pipe, width=17, **FAST)
     assert generate(pipe, width=18, **FAST)[0].size == (18, 16)
 

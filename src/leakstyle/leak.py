@@ -53,7 +53,8 @@ def native_size(pipe) -> tuple[int, int]:
 
 def check_side(name: str, value, multiple: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % multiple:
-        raise LeakstyleError(f"{name} must be a positive multiple of {multiple} px for this model, got {value!r}")
+        raise LeakstyleError(f"{name} must be one of the positive multiples of {multiple} px for this model "
+                             f"({multiple}, {2 * multiple}, {3 * multiple}, ...), got {value!r}")
 
 
 def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
