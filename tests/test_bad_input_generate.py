@@ -380,3 +380,13 @@ def test_cli_timestep_spacing_is_recorded(tmp_path, sd_path):
 def test_the_pipeline_does_not_import_the_training_code():
     code = "import sys, leakstyle.pipeline; print('leakstyle.finetune' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"]
+
+
+def test_cli_refuses_steps_from_the_scheduler_config_before_loading_the_model(tmp_path, sd_path, capsys, monkeypatch):
+    from leakstyle import pipeline
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(pipeline, "load_pipeline", no_loading)
+    assert "choose from 1 to 999" in run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--steps", "1000",
+                                                "--out", str(tmp_path / "o")], capsys)

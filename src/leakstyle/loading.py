@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
         raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def read_scheduler(model: str | os.PathLike | None = None):
+    """The scheduler of a local pipeline folder (None: the embedded model) from its config alone, without loading
+    the model; None for hub ids and folders whose scheduler cannot be read this way (load_diffusers then reports)."""
+    folder = EMBEDDED_MODEL if model is None else Path(model)
+    try:
+        _, class_name = json.loads((folder / "model_index.json").read_text())["scheduler"]
+        import diffusers
+
+        return getattr(diffusers, class_name).from_pretrained(str(folder), subfolder="scheduler")
+    except Exception:  # not a readable local pipeline folder: nothing to check before the full load
+        return None

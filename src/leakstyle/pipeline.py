@@ -23,7 +23,7 @@ from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
-from .loading import EMBEDDED_MODEL, default_device, load_diffusers  # noqa: F401  (part of this module's API)
+from .loading import EMBEDDED_MODEL, default_device, load_diffusers, read_scheduler  # noqa: F401  (this module's API)
 from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
 from .schedulers import SCHEDULERS, SPACINGS, make_scheduler, respace
 from .seeds import resolve_seed, sampler_seed
@@ -135,6 +135,21 @@ def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inf
     if on_no_leak not in NO_LEAK_ACTIONS:
         raise LeakstyleError(f"on_no_leak must be one of {', '.join(NO_LEAK_ACTIONS)}, got {on_no_leak!r}")
     return resolve_seed(seed, num_images)
+
+
+def check_steps_before_loading(model: str | os.PathLike | None, num_inference_steps: int, scheduler: str | None = None,
+                               timestep_spacing: str | None = None) -> None:
+    """Refuse a step count the scheduler of `model` cannot take, read from its config before the model is loaded
+    (local folders and fine-tune folders; a hub model is checked by generate once loaded)."""
+    record = finetuned_folder_record(model)
+    own = read_scheduler(record.get("base_model") if record and record.get("method") == "lora" else model)
+    if own is None:
+        return
+    if scheduler is not None:
+        own = make_scheduler(scheduler, own.config, timestep_spacing=timestep_spacing)
+    elif timestep_spacing is not None:
+        own = respace(own, timestep_spacing)
+    leak_at_first_step(own, num_inference_steps, warn=False)
 
 
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
