@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import family_pipelines as fp
+import leakstyle as ls
 from helpers import run_error
 from leakstyle.cli import main
 from leakstyle.distribution import StyleDistribution
@@ -148,7 +149,7 @@ def test_cli_probe_json(sd_path, capsys):
 
 def test_cli_probe_text_with_a_style(sd_path, tmp_path, capsys):
     style, _ = dct_style(torch.randn(6, 4, generator=torch.Generator().manual_seed(3)) * 3)
-    style.save(tmp_path / "s.safetensors")
+    ls.save(style, tmp_path / "s.safetensors")
     assert main(["probe", "--model", str(sd_path), "--style", str(tmp_path / "s.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "sqrt(abar_T) = 0.08533" in out and "from the style file's DC covariance" in out and "verdict:    strong" in out
@@ -167,7 +168,7 @@ def test_cli_probe_of_a_zero_snr_scheduler_reports_none(sd_path, capsys, tmp_pat
 
 def test_cli_probe_user_errors(sd_path, tmp_path, capsys):
     assert "at least 1" in run_error(["probe", "--model", str(sd_path), "--steps", "0"], capsys)
-    StyleDistribution("pixel", torch.zeros(4, 8, 8), torch.ones(4, 8, 8)).save(tmp_path / "p.safetensors")
+    ls.save(StyleDistribution("pixel", torch.zeros(4, 8, 8), torch.ones(4, 8, 8)), tmp_path / "p.safetensors")
     assert "--type dct" in run_error(["probe", "--model", str(sd_path), "--style", str(tmp_path / "p.safetensors")], capsys)
 
 

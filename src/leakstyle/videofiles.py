@@ -1,4 +1,8 @@
-"""Writing generated videos: each frame as a PNG that carries the generation parameters, and an animated WebP."""
+"""Writing generated videos: each frame as a PNG that carries the generation parameters, and an animated WebP.
+
+Video i of an output folder is NNNN-seedS-frameJJJ.png (numbered like images, see outputs.py) and NNNN-seedS.webp,
+its baseline NNNN-seedS-baseline-frameJJJ.png and NNNN-seedS-baseline.webp.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ from .png import png_bytes
 FPS = 8  # AnimateDiff's and text-to-video's usual playback rate
 
 
-def frame_paths(out: Path, name: str, num_frames: int) -> list[Path]:
-    return [Path(out) / f"{name}-frame{j:03d}.png" for j in range(num_frames)]
+def frame_suffix(suffix: str, j: int) -> str:
+    return f"{suffix}-frame{j:03d}"
 
 
-def video_paths(out: Path, name: str, num_frames: int) -> list[Path]:
-    """Every file one video writes: its frames, then its animated WebP."""
-    return frame_paths(out, name, num_frames) + [Path(out) / f"{name}.webp"]
+def frame_pngs(frames, parameters: dict, suffix: str = "") -> dict[str, bytes]:
+    """{name suffix: PNG bytes} for the frames of one video, each PNG with `parameters`, its frame index and count."""
+    return {frame_suffix(suffix, j): png_bytes(frame, {**parameters, "frame": j, "num_frames": len(frames)})
+            for j, frame in enumerate(frames)}
 
 
 def webp_bytes(frames, fps: int = FPS) -> bytes:
@@ -28,10 +33,11 @@ def webp_bytes(frames, fps: int = FPS) -> bytes:
     return buf.getvalue()
 
 
-def write_video(out: Path, name: str, frames, parameters: dict, force: bool = False) -> list[Path]:
-    """Write the frames (PNGs with `parameters` and their frame index) and the WebP; the paths written."""
-    paths = video_paths(out, name, len(frames))
-    for j, (frame, path) in enumerate(zip(frames, paths)):
-        write_atomic(path, png_bytes(frame, {**parameters, "frame": j, "num_frames": len(frames)}), force=force)
-    write_atomic(paths[-1], webp_bytes(frames), force=force)
+def write_webps(folder: Path, index: int, seed: int, videos: dict[str, list]) -> list[Path]:
+    """NNNN-seedS{suffix}.webp for each {suffix: frames} of `videos`, created exclusively; the paths written."""
+    paths = []
+    for suffix, frames in videos.items():
+        path = Path(folder) / f"{index:04d}-seed{seed}{suffix}.webp"
+        write_atomic(path, webp_bytes(frames), force=False)
+        paths.append(path)
     return paths
