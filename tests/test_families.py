@@ -380,3 +380,11 @@ def test_fit_on_video_frames_in_a_folder(animatediff, tmp_path):
 def test_unknown_frames_mode_is_refused(animatediff):
     with pytest.raises(LeakstyleError, match="unknown frames mode"):
         initial_latents(animatediff, a_style(), num_frames=2, frames="alternate")
+
+
+def test_the_ui_builds_for_a_transformer_pipeline_and_shows_the_verdict(pixart):
+    from leakstyle import ui
+    app = ui.build_app(ui.Model(pixart, "tiny-pixart", pixart.scheduler))
+    blocks = {c.elem_id: c for c in app.blocks.values() if getattr(c, "elem_id", None)}
+    assert blocks["width"].value == 16 and blocks["width"].step == 4  # VAE factor 2 x patch 2
+    assert blocks["leak-verdict"].value.startswith("signal leak at 25 steps: ")

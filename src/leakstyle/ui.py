@@ -37,9 +37,11 @@ from .encode import parse_color, to_hex
 from .errors import LeakstyleError
 from .files import load, save
 from .fit import fit
+from .denoiser import denoiser_of
 from .leak import image_size, vae_factor
 from .pipeline import generate, load_pipeline, noise_name
 from .png import png_bytes
+from .probe import verdict_line
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
 STYLE_SOURCES = ("none", "fit images", "style file")
@@ -251,8 +253,10 @@ CSS = """
 
 
 def size_step(pipe) -> int:
-    """Image sizes must be multiples of this: the VAE factor times the UNet's downsampling."""
-    return vae_factor(pipe) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    """Image sizes must be multiples of this: the VAE factor times the UNet's downsampling (a transformer's patch)."""
+    config = denoiser_of(pipe).config
+    down = 2 ** (len(config.block_out_channels) - 1) if "block_out_channels" in config else config.get("patch_size") or 1
+    return vae_factor(pipe) * down
 
 
 def build_app(model: Model) -> gr.Blocks:
@@ -268,6 +272,7 @@ def build_app(model: Model) -> gr.Blocks:
     with gr.Blocks(title="leakstyle", analytics_enabled=False) as app:
         gr.Markdown("# leakstyle\nStyle, brightness and colour from the noise that sampling starts from "
                     f"(signal-leak sampling). {about}.")
+        gr.Markdown(verdict_line(pipe), elem_id="leak-verdict")  # how strongly this model's schedule leaks
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
