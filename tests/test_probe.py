@@ -176,3 +176,14 @@ def test_probe_of_a_flow_matching_pipeline_is_none_without_encoding_anything():
     p = probe(fp.sd3(), steps=28)
     assert p.verdict == "none" and "flow matching" in p.explanation and p.sigma_m is None
     assert (p.latent_height, p.latent_width) == (8, 8)
+
+
+def test_cli_probe_with_trailing_spacing_starts_at_the_last_training_step(sd_path, capsys):
+    assert main(["probe", "--model", str(sd_path), "--timestep-spacing", "trailing", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["T"] == 999 and out["sqrt_abar_T"] == pytest.approx(0.068265, abs=1e-5)
+
+
+def test_probe_refuses_a_step_count_the_scheduler_cannot_take(sd):
+    with pytest.raises(LeakstyleError, match="choose from 1 to"):
+        probe(sd, steps=5000)

@@ -303,7 +303,8 @@ def cmd_probe(args) -> int:
 
     style = load(args.style) if args.style else None
     pipe = load_pipeline(args.model, device=args.device)
-    result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style)
+    result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style,
+                   timestep_spacing=args.timestep_spacing)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_probe(result, str(args.model or "leakstyle/mini-sd")))
     return 0
 
@@ -462,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
                     help="scheduler to probe (default: the model's own)")
     pr.add_argument("--steps", type=int, default=25, help="inference steps (default 25, as generate)")
+    pr.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
+                    help="how the inference timesteps are spread over the training ones; trailing starts at the last "
+                         "(default: the scheduler config's)")
     pr.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
     pr.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
     pr.add_argument("--style", default=None, help="dct style file or official folder giving sigma_m (default: the "

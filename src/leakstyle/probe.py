@@ -164,17 +164,21 @@ def probe_schedule(scheduler, steps: int, latent_height: int, latent_width: int,
 
 
 def probe(pipe, scheduler: str | None = None, steps: int = 25, height: int | None = None, width: int | None = None,
-          style: StyleDistribution | None = None) -> Probe:
-    """Probe `pipe` with its scheduler (or the one called `scheduler`) at height x width pixels (native if None).
+          style: StyleDistribution | None = None, timestep_spacing: str | None = None) -> Probe:
+    """Probe `pipe` with its scheduler (or the one called `scheduler`, with `timestep_spacing` if given: "leading",
+    "trailing" or "linspace") at height x width pixels (native if None).
 
     sigma_m comes from `style` (a dct style fitted with this model) or else from the bundled reference images
     encoded by the model's VAE (see REFERENCE_SOURCE)."""
     from .leak import image_size, latent_shape
-    from .schedulers import make_scheduler
+    from .schedulers import make_scheduler, respace
 
-    if steps < 1:
-        raise LeakstyleError(f"--steps must be at least 1, got {steps}")
-    sched = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else pipe.scheduler
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise LeakstyleError(f"--steps must be a whole number of at least 1, got {steps!r}")
+    if scheduler:
+        sched = make_scheduler(scheduler, pipe.scheduler.config, timestep_spacing=timestep_spacing)
+    else:
+        sched = respace(pipe.scheduler, timestep_spacing) if timestep_spacing else pipe.scheduler
     C, h, w = latent_shape(pipe, height, width)
     leak = leak_at_first_step(sched, steps, warn=False)
     if not leak.has_leak:
