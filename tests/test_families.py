@@ -388,3 +388,20 @@ def test_the_ui_builds_for_a_transformer_pipeline_and_shows_the_verdict(pixart):
     blocks = {c.elem_id: c for c in app.blocks.values() if getattr(c, "elem_id", None)}
     assert blocks["width"].value == 16 and blocks["width"].step == 4  # VAE factor 2 x patch 2
     assert blocks["leak-verdict"].value.startswith("signal leak at 25 steps: ")
+
+
+def test_stable_video_diffusions_native_size_is_its_pipelines_default(svd):
+    from leakstyle.leak import image_size
+    assert image_size(svd) == (576, 1024) and latent_shape(svd, None, None) == (4, 288, 512)  # tiny VAE: factor 2
+
+
+def test_cli_animates_an_image_with_stable_video_diffusion(svd, tmp_path, capsys):
+    from leakstyle.cli import main
+    svd.save_pretrained(tmp_path / "svd")
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "start.png")
+    ls.save(a_style(), tmp_path / "s.safetensors")
+    assert main(["generate", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "start.png"), "--num-frames",
+                 "2", "--steps", "2", "--guidance", "1", "--height", "16", "--width", "16", "--style",
+                 str(tmp_path / "s.safetensors"), "--quiet", "--out", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "0000-seed0.webp") as webp:
+        assert webp.n_frames == 2

@@ -16,6 +16,7 @@ from .denoiser import (denoiser_of, latent_channels, latent_tensor_shape, layout
                        vae_factor)
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
+from .pipecall import default_call_size
 from .schedule import Leak, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
 from .video import check_frames, video_x_tilde
 
@@ -45,7 +46,11 @@ def size_multiple(pipe) -> int:
 
 
 def native_size(pipe) -> tuple[int, int]:
-    """The model's own (height, width) in pixels: the denoiser's sample size times the VAE factor."""
+    """The model's own (height, width) in pixels: the pipeline's own default where its __call__ has one (Stable
+    Video Diffusion: 576 x 1024), else the denoiser's sample size times the VAE factor."""
+    own = default_call_size(pipe)
+    if own is not None:
+        return own
     sample_size = native_latent_size(pipe)
     return sample_size[0] * vae_factor(pipe), sample_size[1] * vae_factor(pipe)
 

@@ -19,6 +19,13 @@ def parameters(pipe) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
 
 
+def default_call_size(pipe) -> tuple[int, int] | None:
+    """(height, width) when the pipeline's __call__ defaults both to numbers (SVD: 576, 1024), else None."""
+    own = inspect.signature(pipe.__call__).parameters
+    defaults = [own[n].default if n in own else None for n in ("height", "width")]
+    return tuple(defaults) if all(isinstance(d, int) and not isinstance(d, bool) for d in defaults) else None
+
+
 def takes_latents(pipe) -> bool:
     return "latents" in parameters(pipe)
 
