@@ -357,8 +357,8 @@ def test_cli_refuses_deepfloyd_if_at_t_999_naming_its_cosine_schedule(deepfloyd_
 def test_report_runs_on_a_transformer_pipeline(pixart, tmp_path):
     from helpers import write_images
     from leakstyle.report import run_report
-    index = run_report(pixart, write_images(tmp_path / "ref", n=4, size=16), tmp_path / "report", n=4, steps=2,
-                       guidance=1.0, n_boot=20, colors=["#1e90ff"], per_color=2, progress=False)
+    index = run_report(pixart, write_images(tmp_path / "ref", n=4, size=16), tmp_path / "report", n=2, steps=2,
+                       guidance=1.0, n_boot=10, progress=False)
     assert index.exists() and (tmp_path / "report" / "report.json").exists()
 
 
@@ -405,3 +405,10 @@ def test_cli_animates_an_image_with_stable_video_diffusion(svd, tmp_path, capsys
                  str(tmp_path / "s.safetensors"), "--quiet", "--out", str(tmp_path / "out")]) == 0
     with Image.open(tmp_path / "out" / "0000-seed0.webp") as webp:
         assert webp.n_frames == 2
+
+
+def test_generate_makes_videos_with_text_to_video(text_to_video):
+    videos = ls.generate(text_to_video, "a cat", style=a_style(), num_images=1, num_frames=2, num_inference_steps=2,
+                         guidance_scale=1.0, frames="independent")
+    assert len(videos) == 1 and len(videos[0]) == 2 and isinstance(videos[0][0], Image.Image)
+    assert videos[0][0].info["seed"] == 0
