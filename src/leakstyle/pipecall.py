@@ -35,6 +35,17 @@ def animates_an_image(pipe) -> bool:
     return "image" in parameters(pipe) and "prompt" not in parameters(pipe)
 
 
+def check_conditioning(pipe, prompt, image) -> None:
+    """One-line errors, before any sampling, for a prompt or an image the pipeline does not take or lacks."""
+    if animates_an_image(pipe):
+        if image is None:
+            raise LeakstyleError(f"{type(pipe).__name__} animates an image: give image= (a PIL image; --image FILE)")
+        if prompt is not None:
+            raise LeakstyleError(f"{type(pipe).__name__} takes an image, not a prompt")
+    elif image is not None:
+        raise LeakstyleError(f"{type(pipe).__name__} takes a prompt, not an image; leave out --image")
+
+
 def call_pipeline(pipe, latents, prompts: list[str] | None, negative_prompt: str | None, num_inference_steps: int,
                   guidance_scale: float, height: int, width: int, generator, num_frames: int | None = None,
                   image=None) -> list:
@@ -45,18 +56,13 @@ def call_pipeline(pipe, latents, prompts: list[str] | None, negative_prompt: str
     if "use_resolution_binning" in names:
         call["use_resolution_binning"] = False
     batch = latents.shape[0]
+    check_conditioning(pipe, prompts, image)
     if animates_an_image(pipe):
-        if image is None:
-            raise LeakstyleError(f"{type(pipe).__name__} animates an image: give image= (a PIL image)")
-        if prompts is not None:
-            raise LeakstyleError(f"{type(pipe).__name__} takes an image, not a prompt")
         call.update(image=image, num_videos_per_prompt=batch, max_guidance_scale=guidance_scale,
                     min_guidance_scale=min(1.0, guidance_scale))
     else:
         if prompts is None:
             raise LeakstyleError("this model is text-to-image: give a prompt")
-        if image is not None:
-            raise LeakstyleError(f"{type(pipe).__name__} takes a prompt, not an image")
         call.update(prompt=prompts, guidance_scale=guidance_scale)
         if negative_prompt:  # else the pipeline's own default (PixArt's is "", not None)
             call["negative_prompt"] = [negative_prompt] * len(prompts)

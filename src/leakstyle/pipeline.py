@@ -26,7 +26,7 @@ from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
 from .loading import EMBEDDED_MODEL, default_device, load_diffusers, read_scheduler  # noqa: F401  (this module's API)
-from .pipecall import call_pipeline, takes_latents
+from .pipecall import call_pipeline, check_conditioning, takes_latents
 from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
 from .schedulers import SCHEDULERS, SPACINGS, make_scheduler, respace
 from .seeds import resolve_seed, sampler_seed
@@ -179,6 +179,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
     if is_text_to_image(pipe) and (prompt is None or (prompts is not None and not prompts)):
         raise LeakstyleError("this model is text-to-image: give a prompt")
     check_frames(frames)
+    check_conditioning(pipe, prompt, image)
     num_frames = num_frames_of(pipe, num_frames)
     run_scheduler = call_scheduler(pipe, scheduler, timestep_spacing)
     height, width = image_size(pipe, height, width)
