@@ -298,10 +298,13 @@ def cmd_probe(args) -> int:
     import json
 
     from .files import load
-    from .pipeline import load_pipeline
+    from .pipeline import check_steps_before_loading, load_pipeline
     from .probe import format_probe, probe
 
-    style = load(args.style) if args.style else None
+    if args.steps < 1:
+        raise LeakstyleError(f"--steps must be a whole number of at least 1, got {args.steps}")
+    check_steps_before_loading(args.model, args.steps, args.scheduler, args.timestep_spacing)
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     pipe = load_pipeline(args.model, device=args.device)
     result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style,
                    timestep_spacing=args.timestep_spacing)
@@ -470,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
     pr.add_argument("--style", default=None, help="dct style file or official folder giving sigma_m (default: the "
                     "model's latents of the bundled reference images)")
+    add_lf_order_option(pr)
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     pr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     pr.set_defaults(func=cmd_probe)
