@@ -1,7 +1,8 @@
 """Loading pipelines and generating images that start from a signal leak.
 
-Text-to-image pipelines (Stable Diffusion 1.x/2.x, SDXL, and anything that takes `latents=`) are called
-as they are. Pixel-space models (UNet2DModel + scheduler) take no `latents=`, so leakstyle runs their loop.
+Pipelines that take `latents=` (Stable Diffusion 1.x/2.x, SDXL, PixArt, Hunyuan-DiT, the video pipelines) are
+called as they are (see pipecall). Pixel-space models (UNet2DModel + scheduler) and DeepFloyd IF's stage I take no
+`latents=`, so leakstyle runs their loop (run_pixel_model, cascade.run_stage_one).
 """
 
 from __future__ import annotations
