@@ -412,3 +412,8 @@ def test_generate_makes_videos_with_text_to_video(text_to_video):
                          guidance_scale=1.0, frames="independent")
     assert len(videos) == 1 and len(videos[0]) == 2 and isinstance(videos[0][0], Image.Image)
     assert videos[0][0].info["seed"] == 0
+
+
+def test_diffusion_in_style_noise_is_refused_for_video(animatediff):
+    with pytest.raises(LeakstyleError, match="Diffusion in Style noise is for image models"):
+        ls.generate(animatediff, "a cat", noise=a_style(), num_frames=2, num_inference_steps=2)
