@@ -131,8 +131,8 @@ def test_uploaded_images_are_fitted_once_and_offered_for_download(model, images)
 def test_a_style_file_is_loaded(model, images, tmp_path):
     style, _ = ui.style_for(model, "fit images", images, kind="dct", components=1)
     files.save(style.distribution, tmp_path / "mine.safetensors")
-    text, table, files, _ = page(model, source="style file", style_file=str(tmp_path / "mine.safetensors"))
-    assert "Error" not in text and "no style" not in text and files[-1].endswith("mine.safetensors")
+    text, table, shown, _ = page(model, source="style file", style_file=str(tmp_path / "mine.safetensors"))
+    assert "Error" not in text and "no style" not in text and shown[-1].endswith("mine.safetensors")
 
 
 def test_a_finetuned_model_starts_from_its_style_noise_and_the_baseline_from_pure_noise(sd_path):
