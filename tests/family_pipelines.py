@@ -223,3 +223,15 @@ def sd3(seed: int = 0):
     return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler(SD3), vae=vae(seed=seed),
                                     text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                                     text_encoder_3=None, tokenizer_3=None)
+
+
+def flux(seed: int = 0):
+    """Flux shaped (rectified flow, packed latents): a 1-layer FluxTransformer2DModel and a VAE; no text encoders."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    return FluxPipeline(scheduler=scheduler(FLUX), vae=vae(seed=seed), text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)

@@ -307,6 +307,11 @@ def test_flux_schedule_leaks_nothing_without_its_shift():
     assert not leak.has_leak and leak.abar_T == 0.0
 
 
+def test_flux_is_refused_naming_its_packed_latents_and_flow_matching():
+    with pytest.raises(LeakstyleError, match="packs its latents.*flow-matching"):
+        initial_latents(fp.flux(), a_style(), height=16, width=16)
+
+
 # -- the command line --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def animatediff_path(animatediff, tmp_path_factory):

@@ -172,8 +172,9 @@ def test_cli_probe_user_errors(sd_path, tmp_path, capsys):
     assert "--type dct" in run_error(["probe", "--model", str(sd_path), "--style", str(tmp_path / "p.safetensors")], capsys)
 
 
-def test_probe_of_a_flow_matching_pipeline_is_none_without_encoding_anything():
-    p = probe(fp.sd3(), steps=28)
+@pytest.mark.parametrize("build", [fp.sd3, fp.flux])
+def test_probe_of_a_flow_matching_pipeline_is_none_without_encoding_anything(build):
+    p = probe(build(), steps=28, height=16, width=16)
     assert p.verdict == "none" and "flow matching" in p.explanation and p.sigma_m is None
     assert (p.latent_height, p.latent_width) == (8, 8)
 

@@ -20,6 +20,9 @@ VIDEO_LAYOUTS = {
     "UNetSpatioTemporalConditionModel": FRAME_MAJOR,  # Stable Video Diffusion
     "CogVideoXTransformer3DModel": FRAME_MAJOR,
 }
+# Denoisers whose pipelines pack 2 x 2 latent patches into tokens ([B, h w / 4, 4 C]); x_T cannot be handed over as
+# [B, C, h, w]. Flux is also flow matching, so it has no leak to start from anyway.
+PACKED = {"FluxTransformer2DModel"}
 DEFAULT_NUM_FRAMES = 16  # AnimateDiffPipeline's and TextToVideoSDPipeline's own default
 
 
@@ -59,8 +62,13 @@ def native_latent_size(pipe) -> tuple[int, int]:
 
 
 def layout(pipe) -> str:
-    """IMAGE [B, C, h, w], CHANNEL_MAJOR [B, C, F, h, w] or FRAME_MAJOR [B, F, C, h, w]."""
-    return VIDEO_LAYOUTS.get(type(denoiser_of(pipe)).__name__, IMAGE)
+    """IMAGE [B, C, h, w], CHANNEL_MAJOR [B, C, F, h, w] or FRAME_MAJOR [B, F, C, h, w]; a LeakstyleError for
+    pipelines that pack their latents (Flux)."""
+    name = type(denoiser_of(pipe)).__name__
+    if name in PACKED:
+        raise LeakstyleError(f"{type(pipe).__name__} packs its latents into tokens and is a flow-matching model: no "
+                             f"signal leaks into x_T, so leakstyle cannot start it from one (leakstyle probe says why)")
+    return VIDEO_LAYOUTS.get(name, IMAGE)
 
 
 def is_video(pipe) -> bool:
