@@ -71,6 +71,12 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
         pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype)
     except Exception as e:  # diffusers/hub raise many types; the user needs the one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "not fully cached locally" in first_line or "outgoing traffic has been disabled" in first_line:
+            raise LeakstyleError(f"cannot load model {model}: it is not downloaded yet and the hub cannot be reached; "
+                                 f"connect to the internet once to download it, or pass a local diffusers folder") from None
+        # diffusers repeats "Cannot load model M:" and points to a stack trace the user never sees
+        first_line = first_line.removeprefix(f"Cannot load model {model}: ")
+        first_line = first_line.split(" Please check out the root cause")[0]
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
