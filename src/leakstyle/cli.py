@@ -254,6 +254,14 @@ class Parser(argparse.ArgumentParser):
             message = message.replace(f"/{alias}", "")
         raise UsageError(f"{message}; see {self.prog} --help")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # found after the command's own options: the command's --help says what it takes
+            command = getattr(parsed, "command", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)}; "
+                             f"see {self.prog}{' ' + command if command else ''} --help")
+        return parsed
+
 
 class HelpFormatter(argparse.HelpFormatter):
     """Shows each option's default unless its help already says it, and hides older spellings."""

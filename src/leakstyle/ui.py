@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -344,9 +345,30 @@ def launch(model: Model, host: str = "127.0.0.1", port: int | None = None) -> tu
     return app, url
 
 
+def check_address(host: str, port: int | None) -> None:
+    """Refuse a port outside 0..65535, or a host this machine has no address for, before anything loads.
+
+    The host is checked by binding a socket to it on a free port (the port itself is tried by Gradio)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise LeakstyleError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise LeakstyleError(f"cannot serve on {host}: unknown host ({reason}); use 127.0.0.1 (this machine only) "
+                             f"or 0.0.0.0 (every network)") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise LeakstyleError(f"cannot serve on {host}: {e.strerror or e}, not an address of this machine; use "
+                                 f"127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
+
+
 def serve(model: str | os.PathLike | None = None, device: str | None = None, host: str = "127.0.0.1",
           port: int | None = None) -> None:
-    """`leakstyle ui`: load the model, start the page, print its address and serve until Ctrl+C."""
+    """`leakstyle ui`: check the address, load the model, start the page, print its address and serve until Ctrl+C."""
+    check_address(host, port)
     app, url = launch(open_model(model, device), host, port)
     print(f"leakstyle ui: open {url} (Ctrl+C stops it)", flush=True)
     try:
