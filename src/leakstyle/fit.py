@@ -13,7 +13,7 @@ from . import __version__
 from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
-from .images import ImageBatches, digest_paths, list_images, parse_resolution
+from .images import ImageBatches, digest_paths, list_images, open_image, parse_resolution
 from .leak import image_size, vae_factor
 from .moments import Moments
 
@@ -81,6 +81,8 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     tensor_size(width, height, vae_factor(pipe) if space == "latent" else 1, components if kind == "dct" else None)
     paths = list_images([images] if isinstance(images, (str, os.PathLike)) else images)
     if len(paths) < MIN_IMAGES:
+        for path in paths:
+            open_image(path)  # an unreadable one says that it cannot be read, not only that there are too few
         raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
     batches = ImageBatches(paths, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip,
                            seed=seed, strict=strict)
