@@ -240,3 +240,9 @@ def test_ui_refuses_a_port_outside_the_range(port, capsys):
 def test_ui_refuses_a_host_this_machine_does_not_have(host, expected, capsys):
     line = run_error(["ui", "--host", host], capsys)
     assert expected in line and "127.0.0.1" in line
+
+
+def test_fit_of_a_single_unreadable_image_says_it_cannot_be_read(tmp_path, sd_path, capsys):
+    (tmp_path / "one.png").write_bytes(b"not a png")
+    line = run_error(["fit", str(tmp_path / "one.png"), "--model", str(sd_path), "-o", str(tmp_path / "s.st")], capsys)
+    assert "cannot decode image" in line and "one.png" in line
