@@ -312,7 +312,7 @@ CSS = """
 .results img.pixelated { image-rendering: pixelated; }
 .results td, .results th { padding: 4px 10px; vertical-align: top; text-align: left; }
 .placeholder { min-height: 120px; color: #888; }  /* room for the progress bar */
-.uploads img { width: 48px; height: 48px; object-fit: cover; margin: 2px; border: 1px solid #8884; }
+.uploads img { display: inline-block; width: 48px; height: 48px; object-fit: cover; margin: 2px; border: 1px solid #8884; }
 .uploads p, .measure { color: #888; font-size: 0.9em; margin: 2px 0; }
 .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #8888; vertical-align: middle;
           margin: 0 0.3em; border-radius: 3px; }
