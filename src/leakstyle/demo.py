@@ -20,7 +20,7 @@ from .errors import LeakstyleError
 from .files import write_atomic
 from .fit import fit
 from .images import list_images, open_image, resize_and_crop
-from .outputs import check_folder, writing_into
+from .outputs import check_output_folder, writing_into
 from .pipeline import generate
 
 ASSETS = Path(__file__).parent / "assets"
@@ -107,7 +107,8 @@ a leak fitted to the reference images: pure noise squeezes the colours toward me
 def check_demo(out: str | Path, n: int, steps: int, force: bool = False, assets: Path = ASSETS) -> Path:
     """Refuse what would make the demo fail, before any work: a file as `out`, a demo there (without force),
     fewer than 2 images per set, no steps, missing assets."""
-    out = check_folder(out)
+    check_output_folder(out)
+    out = Path(out)
     if n < 2:
         raise LeakstyleError(f"-n must be at least 2 (a spread needs two images per set), got {n}")
     if steps < 1:

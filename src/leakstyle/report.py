@@ -29,7 +29,7 @@ from .distribution import StyleDistribution
 from .encode import parse_color, to_hex
 from .errors import LeakstyleError
 from .images import list_images, open_image, resize_and_crop
-from .outputs import check_folder, writing_into
+from .outputs import check_output_folder, writing_into
 
 # Emoji names the embedded model was trained on (captions are emoji names); used when no prompts file is given.
 DEFAULT_PROMPTS = (
@@ -72,7 +72,8 @@ def parse_colors(text: str | Sequence[str] | None) -> list[str]:
 
 def check_out(out: str | os.PathLike, force: bool = False) -> Path:
     """Refuse a file, or a folder that already holds a report (without force)."""
-    out = check_folder(out)
+    check_output_folder(out)
+    out = Path(out)
     if (out / "report.json").exists() and not force:
         raise LeakstyleError(f"{out} already holds a report; pass --force to overwrite it or choose another --out")
     return out

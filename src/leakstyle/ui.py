@@ -40,7 +40,7 @@ from . import __version__, metrics
 from .distribution import StyleDistribution
 from .encode import parse_color, to_hex
 from .errors import LeakstyleError
-from .files import load
+from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
 from .pipeline import generate, load_pipeline, noise_name
@@ -157,7 +157,7 @@ def style_for(model: Model, source: str, images: list[str] | None = None, style_
     progress(0.0, f"fitting {kind} statistics to {len(images)} image{'s' * (len(images) != 1)}")
     distribution = fit(list(images), pipe=model.pipe, kind=kind, components=int(components), progress=False)
     file = Path(tempfile.mkdtemp(prefix="style-", dir=workdir())) / "style.safetensors"
-    distribution.save(file)
+    save(distribution, file)
     style = Style(distribution, file, f"fitted to {distribution.image_count} uploaded images")
     return style, (key, style)
 
