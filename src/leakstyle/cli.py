@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Merge style files fitted apart on shards of one image set (same type, shape and space) "
                             "into one, as if fitted to all the images at once.")
     m.add_argument("files", nargs="+", help="style files to merge")
-    m.add_argument("-o", "--out", "--output", dest="output", required=True, help="output .safetensors file")
+    m.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", required=True, help="output .safetensors file")
     m.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_lf_order_option(m)
     m.set_defaults(func=cmd_merge)
