@@ -279,3 +279,15 @@ def test_the_pages_folder_is_removed_on_sigterm_too():
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) == 128 + signal.SIGTERM
     assert not folder.exists()
+
+
+def test_the_prompt_box_suggests_emoji_names_for_the_embedded_model_only(model):
+    def placeholder(m):
+        app = ui.build_app(m)
+        return next(c for c in app.blocks.values() if getattr(c, "elem_id", None) == "prompt").placeholder
+
+    assert placeholder(model) is None  # another model: no hint
+    from leakstyle.pipeline import EMBEDDED_MODEL
+    if not (EMBEDDED_MODEL / "model_index.json").exists():
+        pytest.skip("embedded model not built yet")
+    assert "emoji name" in placeholder(ui.open_model(None, device="cpu"))

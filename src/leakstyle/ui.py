@@ -70,9 +70,12 @@ class Model:
         return getattr(self.pipe, "leakstyle_noise", None) is not None
 
 
+EMBEDDED_NAME = "leakstyle/mini-sd"  # how PNGs name the embedded model
+
+
 def open_model(model: str | os.PathLike | None = None, device: str | None = None) -> Model:
     pipe = load_pipeline(model, device=device)
-    return Model(pipe, str(model or "leakstyle/mini-sd"), pipe.scheduler)
+    return Model(pipe, str(model or EMBEDDED_NAME), pipe.scheduler)
 
 
 @dataclass
@@ -340,7 +343,9 @@ def build_app(model: Model) -> gr.Blocks:
                     f"(signal-leak sampling). {about}.")
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                    placeholder=("an emoji name such as red heart or cat face: the embedded model was "
+                                                 "trained on emoji names only") if model.name == EMBEDDED_NAME else None)
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                 with gr.Row():
                     seed = gr.Number(label="Seed", info="image i uses seed + i", value=0, precision=0, minimum=0,
