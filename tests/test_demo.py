@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").exists
 
 def test_demo_writes_grid_plot_and_page(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "4", "-n", "8", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "2", "-n", "4", "--quiet"]) == 0
     assert str((out / "index.html").resolve()) in capsys.readouterr().out
     for name in ("grid.png", "mean-colors.png", "index.html"):
         assert (out / name).stat().st_size > 1000
