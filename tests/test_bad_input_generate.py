@@ -390,3 +390,9 @@ def test_cli_refuses_steps_from_the_scheduler_config_before_loading_the_model(tm
     monkeypatch.setattr(pipeline, "load_pipeline", no_loading)
     assert "choose from 1 to 999" in run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--steps", "1000",
                                                 "--out", str(tmp_path / "o")], capsys)
+
+
+def test_numpy_whole_numbers_are_taken_like_ints(sd):
+    image = generate(sd, "a cat", seed=np.int64(3), num_inference_steps=np.int64(1), guidance_scale=np.float32(1.0),
+                     height=np.int64(32))[0]
+    assert image.info["seed"] == 3 and image.size == (32, 32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 import warnings
 from typing import Iterator
@@ -101,11 +102,12 @@ def using_scheduler(pipe, name: str | None, timestep_spacing: str | None = None)
 
 
 def check_number(name: str, value, at_least: int | None = None) -> None:
-    """A whole number (at least `at_least`) or, with at_least None, any finite number."""
+    """A whole number (at least `at_least`) or, with at_least None, any finite real number."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if at_least is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
+        if not whole or value < at_least:
             raise LeakstyleError(f"{name} must be a whole number of at least {at_least}, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise LeakstyleError(f"{name} must be a finite number, got {value!r}")
 
 
