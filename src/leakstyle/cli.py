@@ -41,6 +41,7 @@ def file_digest(path: Path) -> str:
 
 # -- fit ---------------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
+    from .files import save
     from .fit import fit
     from .pipeline import load_pipeline
 
@@ -51,7 +52,7 @@ def cmd_fit(args) -> int:
     style = fit(args.images, pipe=pipe, kind=args.type, components=args.components, resolution=args.resolution,
                 space=args.space, random_crop=args.random_crop, flip=args.flip, batch_size=args.batch_size,
                 seed=args.seed, strict=args.strict, progress=not args.quiet)
-    style.save(args.output, format=args.format, force=args.force)
+    save(style, args.output, format=args.format, force=args.force)
     print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.output}")
     return 0
 
@@ -106,55 +107,94 @@ def cmd_generate(args) -> int:
 
 
 # -- inspect, convert, merge -------------------------------------------------------------------------
+def add_lf_order_option(parser: argparse.ArgumentParser) -> None:
+    """--lf-order, for every command that reads a style (passed to files.load as lf_order)."""
+    parser.add_argument("--lf-order", default=None, metavar="U,V;U,V;...",
+                        help="official folders only: the order of their low-frequency DCT components, e.g. "
+                             "'0,0;1,0;0,1' (default: the recorded order, else 0,0;0,1;1,0 as in the published files)")
+
+
+def escaped(text) -> str:
+    """`text` safe for a terminal: control and other non-printable characters as Python escapes (\\x1b, \\n, ...)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def swatch(rgb) -> str:
     r, g, b = rgb
     return f"\x1b[48;2;{r};{g};{b}m      \x1b[0m" if sys.stdout.isatty() else ""
+
+
+def colour_model(args, metadata: dict[str, str]):
+    """(model to decode the mean colour with (None: the embedded one), why) or (False, why not).
+
+    --model wins; else the model the file records, when it is the embedded one or an existing local folder:
+    inspect never downloads a hub model unasked."""
+    from .fit import EMBEDDED_FOLDER, EMBEDDED_NAME
+
+    if args.model is not None:
+        return args.model, f"decoded with {escaped(args.model)}"
+    recorded = metadata.get("model", "")
+    if recorded == EMBEDDED_NAME:
+        if not (EMBEDDED_FOLDER / "model_index.json").is_file():
+            return False, f"not shown: the file records {EMBEDDED_NAME}, which is not installed; pass --model"
+        return None, f"decoded with {EMBEDDED_NAME}, the model the file records"
+    if recorded and Path(recorded).is_dir():
+        return recorded, f"decoded with {escaped(recorded)}, the model the file records"
+    if recorded:
+        return False, f"not shown: the file records the model {escaped(recorded)}, which is no local folder; " \
+                      f"pass --model to decode with it (inspect downloads nothing unasked)"
+    return False, "not shown: the file records no model; pass --model to decode the channel means"
 
 
 def cmd_inspect(args) -> int:
     from .encode import model_units_to_rgb, to_hex, vae_of
     from .files import load
 
-    style = load(args.file)
+    style = load(args.file, lf_order=args.lf_order)
     m = style.metadata
-    print(f"file:        {args.file}")
+    print(f"file:        {escaped(args.file)}")
     print(f"type:        {style.kind}" + (f" ({style.components} low-frequency components: "
                                           f"{', '.join(f'({u},{v})' for u, v in style.lf_indices.tolist())})" if style.kind == "dct" else ""))
-    print(f"space:       {m.get('space') or 'unknown (official file)'}")
+    print(f"space:       {escaped(m.get('space') or 'unknown (official file)')}")
     print(f"shape:       {style.channels} x {style.height} x {style.width}")
     print(f"images:      {style.image_count if style.image_count is not None else 'unknown'}")
-    for key in ("model", "resolution", "scaling_factor", "shift_factor", "source_digest", "leakstyle_version"):
-        if m.get(key):
-            print(f"{key + ':':<13}{m[key]}")
+    if m:
+        print("metadata:")
+        for key, value in sorted(m.items()):
+            print(f"  {escaped(key)}: {escaped(value)}")
     means = style.channel_means()
     print(f"channel means: [{', '.join(f'{v:.4f}' for v in means.tolist())}]")
-    if args.model is not None or m.get("space") == "pixel":
-        vae = None
-        if m.get("space") != "pixel":
-            from .pipeline import load_pipeline
-            vae = vae_of(load_pipeline(args.model, device=args.device))
+    vae, how = None, "pixels, as they are"
+    if m.get("space") != "pixel":
+        model, how = colour_model(args, m)
+        if model is False:
+            print(f"mean colour: {how}")
+            return 0
+        from .pipeline import load_pipeline
+
+        vae = vae_of(load_pipeline(model, device=args.device))
         if vae is not None and vae.config.latent_channels != style.channels:
             raise LeakstyleError(f"the model's VAE has {vae.config.latent_channels} latent channels, the style {style.channels}")
-        rgb = model_units_to_rgb(vae, means)
-        print(f"mean colour: {to_hex(rgb)} rgb{rgb} {swatch(rgb)}".rstrip())
+    rgb = model_units_to_rgb(vae, means)
+    print(f"mean colour: {to_hex(rgb)} rgb{rgb} ({how}) {swatch(rgb)}".rstrip())
     return 0
 
 
 def cmd_convert(args) -> int:
     from .files import convert
 
-    dst = convert(args.input, args.output, to=args.to, force=args.force)
+    dst = convert(args.input, args.output, to=args.to, force=args.force, lf_order=args.lf_order)
     print(f"wrote {dst}")
     return 0
 
 
 def cmd_merge(args) -> int:
-    from .files import load
+    from .files import load, save
     from .fit import merge
 
     check_output(Path(args.output), args.force)
-    style = merge([load(f) for f in args.files])
-    style.save(args.output, force=args.force)
+    style = merge([load(f, lf_order=args.lf_order) for f in args.files])
+    save(style, args.output, force=args.force)
     print(f"merged {len(args.files)} files ({style.image_count} images) -> {args.output}")
     return 0
 
@@ -286,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="print what a style file holds")
     i.add_argument("file")
-    common(i)
+    i.add_argument("--model", help="decode the mean colour with this model (default: the one the file records, "
+                                   "when it is the embedded model or a local folder)")
+    i.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    add_lf_order_option(i)
     i.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("convert", help="convert between official folders and leakstyle files")
@@ -294,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output")
     c.add_argument("--to", choices=("official", "leakstyle"), required=True)
     c.add_argument("--force", action="store_true")
+    add_lf_order_option(c)
     c.set_defaults(func=cmd_convert)
 
     d = sub.add_parser("demo", help="the whole method on one page (offline, about a minute on a CPU)")
@@ -356,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("files", nargs="+")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--force", action="store_true")
+    add_lf_order_option(m)
     m.set_defaults(func=cmd_merge)
     return p
 

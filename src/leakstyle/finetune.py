@@ -31,7 +31,7 @@ from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
 from .errors import ImageError, LeakstyleError
-from .files import load
+from .files import load, save
 from .finetuned import LORA_FILE, STYLE_FILE, read_record, write_record
 from .finetuned import load_finetuned, style_initial_latents  # noqa: F401  (where callers of finetune.py found them)
 from .fit import MIN_IMAGES, fit
@@ -345,7 +345,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_checkpoints(out)
         if start == 0:
-            style.save(out / STYLE_FILE, force=True)
+            save(style, out / STYLE_FILE, force=True)
         write_record(out, options, "training", start, base_digest)
     accelerator.wait_for_everyone()
     if start > 0:
