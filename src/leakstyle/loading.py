@@ -14,10 +14,6 @@ from .errors import LeakstyleError
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
 
 
-def default_device() -> str:
-    return str(resolve_device(None))
-
-
 def load_diffusers(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):
     """A diffusers pipeline from a local folder or a hub id (None: the embedded model); no fine-tune record is read.
 

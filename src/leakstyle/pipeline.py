@@ -24,9 +24,9 @@ from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
-from .loading import EMBEDDED_MODEL, default_device, load_diffusers, read_scheduler  # noqa: F401  (this module's API)
+from .loading import EMBEDDED_MODEL, load_diffusers, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
 from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
-from .schedulers import SCHEDULERS, SPACINGS, make_scheduler, respace
+from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
 from .seeds import resolve_seed, sampler_seed
 
 NO_LEAK_ACTIONS = ("warn", "raise")
@@ -74,14 +74,6 @@ def noise_name(pipe, baseline: bool = False) -> str:
     return "style" if getattr(pipe, "leakstyle_noise", None) is not None and not baseline else "standard"
 
 
-def call_scheduler(pipe, name: str | None = None, timestep_spacing: str | None = None):
-    """The scheduler a call with `scheduler=name` and `timestep_spacing` uses: pipe.scheduler when both are None."""
-    own = pipe.scheduler
-    if name is not None:
-        return make_scheduler(name, own.config, timestep_spacing=timestep_spacing)
-    return respace(own, timestep_spacing) if timestep_spacing is not None else own
-
-
 @contextlib.contextmanager
 def swapped_scheduler(pipe, scheduler):
     """pipe.scheduler is `scheduler` inside the block and the pipeline's own again after it."""
@@ -91,14 +83,6 @@ def swapped_scheduler(pipe, scheduler):
         yield
     finally:
         pipe.scheduler = own
-
-
-@contextlib.contextmanager
-def using_scheduler(pipe, name: str | None, timestep_spacing: str | None = None):
-    """pipe.scheduler replaced by the scheduler called `name` (None: kept), with `timestep_spacing` (None: the
-    config's), inside the block, restored after it."""
-    with swapped_scheduler(pipe, call_scheduler(pipe, name, timestep_spacing)):
-        yield
 
 
 def check_number(name: str, value, at_least: int | None = None) -> None:
@@ -145,13 +129,8 @@ def check_steps_before_loading(model: str | os.PathLike | None, num_inference_st
     (local folders and fine-tune folders; a hub model is checked by generate once loaded)."""
     record = finetuned_folder_record(model)
     own = read_scheduler(record.get("base_model") if record and record.get("method") == "lora" else model)
-    if own is None:
-        return
-    if scheduler is not None:
-        own = make_scheduler(scheduler, own.config, timestep_spacing=timestep_spacing)
-    elif timestep_spacing is not None:
-        own = respace(own, timestep_spacing)
-    leak_at_first_step(own, num_inference_steps, warn=False)
+    if own is not None:
+        leak_at_first_step(choose_scheduler(own, scheduler, timestep_spacing), num_inference_steps, warn=False)
 
 
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
@@ -174,7 +153,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                                   timestep_spacing=timestep_spacing, on_no_leak=on_no_leak)
     if is_text_to_image(pipe) and (prompt is None or (prompts is not None and not prompts)):
         raise LeakstyleError("this model is text-to-image: give a prompt")
-    run_scheduler = call_scheduler(pipe, scheduler, timestep_spacing)
+    run_scheduler = choose_scheduler(pipe.scheduler, scheduler, timestep_spacing)
     height, width = image_size(pipe, height, width)
     C = latent_shape(pipe, height, width)[0]
     leak = leak_at_first_step(run_scheduler, num_inference_steps, warn=False)  # refuses steps it cannot take
