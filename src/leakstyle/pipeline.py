@@ -133,6 +133,26 @@ def check_steps_before_loading(model: str | os.PathLike | None, num_inference_st
         leak_at_first_step(choose_scheduler(own, scheduler, timestep_spacing), num_inference_steps, warn=False)
 
 
+def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style, color, strength: float,
+                 negative_prompt: str | None, num_inference_steps: int, guidance_scale: float, height: int, width: int,
+                 progress: bool) -> list[Image.Image]:
+    """One image per seed through pipe (checked inputs): x_T from `start` (initial_latents or style_initial_latents)
+    with a generator seeded by the image's seed, the sampler's own noise from sampler_seed(seed)."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
+                               num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
+                               color=color, strength=strength, device=device, dtype=dtype)
+                         for s in seeds])
+    # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
+    generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
+    if not is_text_to_image(pipe):
+        return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    return pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
+                height=height, width=width, generator=generators).images
+
+
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
                   strength: float = 1.0, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
                   guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
@@ -175,28 +195,15 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
     prompts = prompts or ([prompt] * num_images if prompt is not None else None)
 
     def batches():
-        device, dtype = pipe.unet.device, pipe.unet.dtype
         with tqdm(total=num_images, desc=label, unit="image", disable=not progress) as bar:
             for first in range(0, num_images, batch_size):
                 indices = range(first, min(first + batch_size, num_images))
                 seeds = [seed + i for i in indices]
                 with swapped_scheduler(pipe, run_scheduler):
-                    latents = torch.cat([
-                        start(pipe, style=style, batch_size=1, height=height, width=width,
-                              num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
-                              color=color, strength=strength, device=device, dtype=dtype)
-                        for s in seeds])
-                    # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and
-                    # without a style.
-                    generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
-                    if is_text_to_image(pipe):
-                        pipe.set_progress_bar_config(disable=not progress, leave=False)
-                        images = pipe(prompt=prompts[first:first + len(seeds)],
-                                      negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
-                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                      latents=latents, height=height, width=width, generator=generators).images
-                    else:
-                        images = run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+                    images = sample_batch(pipe, start, seeds, prompts and prompts[first:first + len(seeds)],
+                                          style=style, color=color, strength=strength, negative_prompt=negative_prompt,
+                                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                          height=height, width=width, progress=progress)
                 bar.update(len(seeds))
                 for i, s, image in zip(indices, seeds, images):
                     image.info["seed"] = s
