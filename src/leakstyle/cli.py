@@ -64,14 +64,14 @@ def cmd_generate(args) -> int:
     from .files import load
     from .leak import image_size
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
-    from .pipeline import check_generate_options, check_steps_before_loading, iter_generate, load_pipeline, noise_name
+    from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
 
     options = dict(num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler,
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
-    check_steps_before_loading(args.model, args.steps, args.scheduler, args.timestep_spacing)
+    check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
     style = load(args.style) if args.style else None
     out = Path(args.out)
     check_output_folder(out)

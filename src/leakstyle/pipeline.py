@@ -24,7 +24,7 @@ from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
-from .loading import EMBEDDED_MODEL, load_diffusers, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
+from .loading import EMBEDDED_MODEL, load_diffusers, read_model_index, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
 from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
 from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
 from .seeds import resolve_seed, sampler_seed
@@ -123,12 +123,20 @@ def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inf
     return resolve_seed(seed, num_images)
 
 
-def check_steps_before_loading(model: str | os.PathLike | None, num_inference_steps: int, scheduler: str | None = None,
-                               timestep_spacing: str | None = None) -> None:
-    """Refuse a step count the scheduler of `model` cannot take, read from its config before the model is loaded
-    (local folders and fine-tune folders; a hub model is checked by generate once loaded)."""
+def check_before_loading(model: str | os.PathLike | None, prompt: str | list[str] | None, num_inference_steps: int,
+                         scheduler: str | None = None, timestep_spacing: str | None = None) -> None:
+    """What generate would refuse that the configs of a local model (or fine-tune) folder tell before it is loaded:
+    no prompt for a text-to-image model, a step count its scheduler cannot take. Hub models are checked by
+    generate once loaded."""
     record = finetuned_folder_record(model)
-    own = read_scheduler(record.get("base_model") if record and record.get("method") == "lora" else model)
+    folder = record.get("base_model") if record and record.get("method") == "lora" else model
+    index = read_model_index(folder)
+    if index is None:
+        return
+    text_encoder = index.get("text_encoder")
+    if prompt is None and isinstance(text_encoder, list) and text_encoder and text_encoder[-1] is not None:
+        raise LeakstyleError("this model is text-to-image: give a prompt")
+    own = read_scheduler(folder)
     if own is not None:
         leak_at_first_step(choose_scheduler(own, scheduler, timestep_spacing), num_inference_steps, warn=False)
 
