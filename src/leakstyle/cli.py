@@ -64,15 +64,14 @@ def cmd_generate(args) -> int:
     from .files import load
     from .leak import image_size
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
-    from .pipeline import (call_scheduler, check_generate_options, check_steps_before_loading, iter_generate,
-                           load_pipeline, noise_name)
-    from .schedulers import scheduler_name
+    from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
+    from .schedulers import choose_scheduler, scheduler_name
 
     options = dict(num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler,
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
-    check_steps_before_loading(args.model, args.steps, args.scheduler, args.timestep_spacing)
+    check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
     style = load(args.style) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
@@ -82,7 +81,7 @@ def cmd_generate(args) -> int:
     leak = iter_generate(pipe, style=style, color=args.color, strength=args.strength, on_no_leak="raise", **common)
     baseline = iter_generate(pipe, noise=None, **common) if args.baseline else None  # N(0, I), fine-tuned or not
     height, width = image_size(pipe, args.height, args.width)
-    scheduler = call_scheduler(pipe, args.scheduler, args.timestep_spacing)
+    scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
                   guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"), height=height, width=width,
