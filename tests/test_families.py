@@ -391,7 +391,7 @@ def test_the_ui_builds_for_a_transformer_pipeline_and_shows_the_verdict(pixart):
     from leakstyle import ui
     app = ui.build_app(ui.Model(pixart, "tiny-pixart", pixart.scheduler))
     blocks = {c.elem_id: c for c in app.blocks.values() if getattr(c, "elem_id", None)}
-    assert blocks["width"].value == 16 and blocks["width"].step == 4  # VAE factor 2 x patch 2
+    assert blocks["width"].value == 16 and blocks["width"].step == 8  # what the pipeline checks
     assert blocks["leak-verdict"].value.startswith("signal leak at 25 steps: ")
 
 
