@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 import leakstyle as ls
 from leakstyle import files
 from leakstyle.cli import main
+from helpers import run_error
 from leakstyle.fit import EMBEDDED_FOLDER, model_name
 from leakstyle.distribution import StyleDistribution
 from leakstyle.errors import LeakstyleError, StyleFileError
@@ -729,3 +730,10 @@ def test_inspect_decodes_the_mean_colour_with_the_recorded_embedded_model(tmp_pa
 def test_inspect_downloads_no_recorded_hub_model_and_says_why(tmp_path: Path, capsys) -> None:
     assert main(["inspect", str(recorded(tmp_path, "someone/their-model"))]) == 0
     assert "mean colour: not shown: the file records the model someone/their-model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x", "-o", "out"], ["report", "--reference", ".", "-o", "out"]])
+def test_generate_and_report_pass_lf_order_to_the_style_they_read(tmp_path: Path, capsys, command) -> None:
+    _, folder = official_without_record(tmp_path)
+    message = run_error([*command, "--style", str(folder), "--lf-order", "0,0;1,0;5,5"], capsys)
+    assert "is not the 3 lowest frequencies" in message

@@ -72,7 +72,7 @@ def cmd_generate(args) -> int:
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
     check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
 
@@ -101,7 +101,7 @@ def cmd_generate(args) -> int:
             index, paths = write_numbered(out, index, s, pngs)
             index, written = index + 1, written + len(paths)
     last = seed + args.num_images - 1
-    print(f"wrote {written} images to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
+    print(f"wrote {written} image{'s' * (written != 1)} to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
     return 0
 
 
@@ -224,7 +224,7 @@ def cmd_report(args) -> int:
     check_out(args.out, args.force)
     prompts, colors = read_prompts(args.prompts), parse_colors(args.colors)
     reference = list_images(args.reference)
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     pipe = load_pipeline(args.model, device=args.device)
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
@@ -375,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", required=True, help="output folder, created when the first image is written; images "
                    "already there are kept and new ones numbered after them")
     common(g, force=False)
+    add_lf_order_option(g)
     g.set_defaults(func=cmd_generate)
 
     i = command("inspect", "print what a style file holds")
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     r.add_argument("-o", "--out", required=True, help="output folder")
     common(r)
+    add_lf_order_option(r)
     r.set_defaults(func=cmd_report)
 
     t = command("finetune", "Diffusion in Style: fine-tune the UNet with noise from the style distribution",
