@@ -84,7 +84,7 @@ def cmd_generate(args) -> int:
     scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
-                  guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"), height=height, width=width,
+                  guidance=args.guidance, model=str(args.model or EMBEDDED_NAME), height=height, width=width,
                   leakstyle_version=__version__)
     leak_params = dict(style=str(args.style) if args.style else None,
                        style_sha256=file_digest(args.style) if args.style else None, color=args.color,
@@ -128,13 +128,13 @@ def colour_model(args, metadata: dict[str, str]):
 
     --model wins; else the model the file records, when it is the embedded one or an existing local folder:
     inspect never downloads a hub model unasked."""
-    from .fit import EMBEDDED_FOLDER, EMBEDDED_NAME
+    from .loading import EMBEDDED_MODEL, EMBEDDED_NAME
 
     if args.model is not None:
         return args.model, f"decoded with {escaped(args.model)}"
     recorded = metadata.get("model", "")
     if recorded == EMBEDDED_NAME:
-        if not (EMBEDDED_FOLDER / "model_index.json").is_file():
+        if not (EMBEDDED_MODEL / "model_index.json").is_file():
             return False, f"not shown: the file records {EMBEDDED_NAME}, which is not installed; pass --model"
         return None, f"decoded with {EMBEDDED_NAME}, the model the file records"
     if recorded and Path(recorded).is_dir():
