@@ -64,6 +64,7 @@ def cmd_generate(args) -> int:
     from .denoiser import is_video
     from .files import load
     from .leak import image_size
+    from .loading import EMBEDDED_NAME
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
     from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
@@ -77,7 +78,7 @@ def cmd_generate(args) -> int:
     if args.num_frames is not None and args.num_frames < 1:
         raise LeakstyleError(f"--num-frames must be at least 1, got {args.num_frames}")
     init_image = open_image(args.image) if args.image else None
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
 
@@ -96,7 +97,7 @@ def cmd_generate(args) -> int:
     scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
-                  guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"), height=height, width=width,
+                  guidance=args.guidance, model=str(args.model or EMBEDDED_NAME), height=height, width=width,
                   leakstyle_version=__version__)
     leak_params = dict(style=str(args.style) if args.style else None,
                        style_sha256=file_digest(args.style) if args.style else None, color=args.color,
@@ -120,7 +121,7 @@ def cmd_generate(args) -> int:
                 paths += write_webps(out, index, s, {suffix: frames for suffix, (frames, _) in runs.items()})
             index, written = index + 1, written + len(paths)
     last = seed + args.num_images - 1
-    what = "images" if args.num_frames is None else "files (video frames and animated WebPs)"
+    what = f"image{'s' * (written != 1)}" if args.num_frames is None else "files (video frames and animated WebPs)"
     print(f"wrote {written} {what} to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
     return 0
 
@@ -159,13 +160,13 @@ def colour_model(args, metadata: dict[str, str]):
 
     --model wins; else the model the file records, when it is the embedded one or an existing local folder:
     inspect never downloads a hub model unasked."""
-    from .fit import EMBEDDED_FOLDER, EMBEDDED_NAME
+    from .loading import EMBEDDED_MODEL, EMBEDDED_NAME
 
     if args.model is not None:
         return args.model, f"decoded with {escaped(args.model)}"
     recorded = metadata.get("model", "")
     if recorded == EMBEDDED_NAME:
-        if not (EMBEDDED_FOLDER / "model_index.json").is_file():
+        if not (EMBEDDED_MODEL / "model_index.json").is_file():
             return False, f"not shown: the file records {EMBEDDED_NAME}, which is not installed; pass --model"
         return None, f"decoded with {EMBEDDED_NAME}, the model the file records"
     if recorded and Path(recorded).is_dir():
@@ -255,7 +256,7 @@ def cmd_report(args) -> int:
     check_out(args.out, args.force)
     prompts, colors = read_prompts(args.prompts), parse_colors(args.colors)
     reference = list_images(args.reference)
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     pipe = load_pipeline(args.model, device=args.device)
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
@@ -298,6 +299,7 @@ def cmd_probe(args) -> int:
     import json
 
     from .files import load
+    from .loading import EMBEDDED_NAME
     from .pipeline import check_before_loading, load_pipeline
     from .probe import format_probe, probe
 
@@ -308,7 +310,7 @@ def cmd_probe(args) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style,
                    timestep_spacing=args.timestep_spacing)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_probe(result, str(args.model or "leakstyle/mini-sd")))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_probe(result, str(args.model or EMBEDDED_NAME)))
     return 0
 
 
@@ -430,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", required=True, help="output folder, created when the first image is written; images "
                    "already there are kept and new ones numbered after them")
     common(g, force=False)
+    add_lf_order_option(g)
     g.set_defaults(func=cmd_generate)
 
     i = command("inspect", "print what a style file holds")
@@ -471,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     r.add_argument("-o", "--out", required=True, help="output folder")
     common(r)
+    add_lf_order_option(r)
     r.set_defaults(func=cmd_report)
 
     t = command("finetune", "Diffusion in Style: fine-tune the UNet with noise from the style distribution",
