@@ -63,6 +63,7 @@ def cmd_generate(args) -> int:
 
     from .files import load
     from .leak import image_size
+    from .loading import EMBEDDED_NAME
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
     from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
