@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 
@@ -37,7 +39,7 @@ def python_path_entries(root: Path) -> list[str]:
 
 # Everything the tests use, imported while the torchvision stand-in is on the path (see import_comfy).
 COMFY_MODULES = ("comfy.model_management", "comfy.sd", "comfy.samplers", "comfy.sample", "comfy.model_base",
-                 "comfy.supported_models", "comfy.model_patcher", "comfy.utils", "comfy_extras.nodes_custom_sampler",
+                 "comfy.supported_models", "comfy.model_patcher", "comfy.utils", "comfy_extras.nodes_custom_sampler", "comfy_extras.nodes_model_advanced",
                  "folder_paths", "nodes")
 
 
@@ -82,3 +84,38 @@ def import_comfy(base_directory: Path):
 
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def tiny_unet(context_dim: int, adm: int | None = None) -> dict:
+    return {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1],
+            "num_res_blocks": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
+            "transformer_depth_middle": 1, "context_dim": context_dim, "use_linear_in_transformer": adm is not None,
+            "use_spatial_transformer": True, "legacy": False, "adm_in_channels": adm, "use_temporal_attention": False,
+            "dtype": torch.float32}
+
+
+def tiny_model(family: str):
+    """(ModelPatcher, positive conditioning) of a tiny random-weight model of `family`."""
+    import comfy.model_base as model_base
+    import comfy.model_patcher
+    import comfy.supported_models as supported
+
+    heads = {"unet_extra_config": {"num_heads": 4, "num_head_channels": -1}}
+    if family == "sd1":
+        config = type("TinySD15", (supported.SD15,), heads)(tiny_unet(16))
+        model = model_base.BaseModel(config, model_base.ModelType.EPS)
+        cond = [[torch.randn(1, 4, 16), {}]]
+    elif family == "sd2-v":
+        config = type("TinySD20", (supported.SD20,), heads)(tiny_unet(24))
+        model = model_base.BaseModel(config, model_base.ModelType.V_PREDICTION)
+        cond = [[torch.randn(1, 4, 24), {}]]
+    else:
+        config = type("TinySDXL", (supported.SDXL,), heads)(tiny_unet(32, adm=2816))
+        model = model_base.SDXL(config, model_base.ModelType.EPS)
+        cond = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 1280), "width": 64, "height": 64}]]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return patcher, cond

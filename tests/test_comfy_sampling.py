@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from comfyui_setup import comfyui_path, import_comfy
+from comfyui_setup import comfyui_path, import_comfy, tiny_model
 
 if comfyui_path() is None:
     pytest.skip("ComfyUI not found (set COMFYUI_PATH or put it at ../shared/ComfyUI)", allow_module_level=True)
@@ -36,41 +36,9 @@ def comfy(tmp_path_factory):
             "custom": custom, "nodes": nodes, "pack": pack}
 
 
-def tiny_unet(context_dim: int, adm: int | None = None) -> dict:
-    return {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1],
-            "num_res_blocks": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-            "transformer_depth_middle": 1, "context_dim": context_dim, "use_linear_in_transformer": adm is not None,
-            "use_spatial_transformer": True, "legacy": False, "adm_in_channels": adm, "use_temporal_attention": False,
-            "dtype": torch.float32}
-
-
-def build(comfy, family: str):
-    """(ModelPatcher, positive conditioning) of a tiny random-weight model of `family`."""
-    supported, model_base = comfy["supported"], comfy["model_base"]
-    heads = {"unet_extra_config": {"num_heads": 4, "num_head_channels": -1}}
-    if family == "sd1":
-        config = type("TinySD15", (supported.SD15,), heads)(tiny_unet(16))
-        model = model_base.BaseModel(config, model_base.ModelType.EPS)
-        cond = [[torch.randn(1, 4, 16), {}]]
-    elif family == "sd2-v":
-        config = type("TinySD20", (supported.SD20,), heads)(tiny_unet(24))
-        model = model_base.BaseModel(config, model_base.ModelType.V_PREDICTION)
-        cond = [[torch.randn(1, 4, 24), {}]]
-    else:
-        config = type("TinySDXL", (supported.SDXL,), heads)(tiny_unet(32, adm=2816))
-        model = model_base.SDXL(config, model_base.ModelType.EPS)
-        cond = [[torch.randn(1, 4, 32), {"pooled_output": torch.randn(1, 1280), "width": 64, "height": 64}]]
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    patcher = comfy["patcher"].ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    return patcher, cond
-
-
 @pytest.fixture(scope="module")
 def models(comfy):
-    return {family: build(comfy, family) for family in ("sd1", "sd2-v", "sdxl")}
+    return {family: tiny_model(family) for family in ("sd1", "sd2-v", "sdxl")}
 
 
 class FirstCall(Exception):
