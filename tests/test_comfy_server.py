@@ -47,7 +47,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, str(comfyui_path() / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-             "--preview-method", "none"], cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+             "--preview-method", "none", "--disable-api-nodes"], cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         self.log.flush()
@@ -84,8 +84,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None or entry and entry["status"]["status_str"] == "error":
-                if entry["status"]["status_str"] != "success":
+            status = (entry or {}).get("status") or {}
+            if status.get("status_str") in ("success", "error"):
+                if status["status_str"] != "success":
                     raise AssertionError(f"the prompt failed: {json.dumps(entry['status'])[:3000]}")
                 return entry
             time.sleep(0.3)
@@ -191,15 +192,27 @@ def test_the_custom_advanced_example_workflow_runs_as_saved(server, object_info)
     assert "sqrt(abar_0)" in entry["outputs"]["13"]["text"][0]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (make test installs it)")
-@pytest.mark.parametrize("name", ["leakstyle-custom-advanced-embedded.json", "leakstyle-ksampler-sd15.json"])
-def test_the_page_loads_the_example_workflow_with_the_packs_nodes(server, tmp_path, name):
+def test_a_style_loaded_from_a_path_reaches_the_probe(server, reference):
+    entry = server.run({
+        "1": {"class_type": "LeakstyleEmbeddedModel", "inputs": {}},
+        "2": {"class_type": "LeakstyleLoadStyle", "inputs": {"path": str(reference / "C")}},
+        "3": {"class_type": "LeakstyleProbe", "inputs": {"model": ["1", 0], "steps": 20, "scheduler": "karras",
+                                                         "width": 768, "height": 768, "style": ["2", 0]}},
+    })
+    text = entry["outputs"]["3"]["text"][0]
+    assert "sqrt(abar_0) = 0.068265" in text and "style channel means +0.4" in text  # C's first channel: about 0.42
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    """ComfyUI's page in headless Chromium, once for the module (the first-run template browser closed)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs it)")
     from playwright.sync_api import sync_playwright
 
-    workflow = json.loads((WORKFLOWS / name).read_text())
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            str(tmp_path_factory.mktemp("chromium")), executable_path=str(CHROMIUM), headless=True,
             args=["--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
             viewport={"width": 1600, "height": 900})
         try:
@@ -207,22 +220,34 @@ def test_the_page_loads_the_example_workflow_with_the_packs_nodes(server, tmp_pa
             page.goto(server.url, timeout=120_000)
             page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             page.wait_for_timeout(1000)
-            page.keyboard.press("Escape")  # the first-run template browser
-            errors = []  # from here on: what loading the workflow causes
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "eakstyle" in m.text else None)
-            page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)  # what a file drop calls
-            page.wait_for_timeout(1500)
-            shown = page.evaluate("() => window.app.graph._nodes.map(n => [n.type, !!window.LiteGraph.registered_node_types[n.type]])")
-            assert sorted(t for t, _ in shown) == sorted(n["type"] for n in workflow["nodes"])
-            assert all(registered for _, registered in shown), shown
-            assert {t for t, _ in shown if t.startswith("Leakstyle")} <= PACK_NODES
-            assert page.get_by_text("Some Nodes Are Missing").count() == 0
-            assert not errors, errors
-            page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.6; c.ds.offset = [40, 40]; c.setDirty(true, true); }")
-            page.wait_for_timeout(500)
-            screenshot = Path(os.environ.get("LEAKSTYLE_COMFY_SCREENSHOT_DIR", tmp_path)) / name.replace(".json", ".png")
-            page.screenshot(path=str(screenshot))
-            assert screenshot.stat().st_size > 10_000
+            page.keyboard.press("Escape")
+            yield page
         finally:
             context.close()
+
+
+@pytest.mark.parametrize("name", ["leakstyle-custom-advanced-embedded.json", "leakstyle-ksampler-sd15.json"])
+def test_the_page_loads_the_example_workflow_with_the_packs_nodes(page, tmp_path, name):
+    workflow = json.loads((WORKFLOWS / name).read_text())
+    errors = []  # what loading the workflow causes
+    on_error = lambda e: errors.append(str(e))  # noqa: E731
+    on_console = lambda m: errors.append(m.text) if m.type == "error" and "eakstyle" in m.text else None  # noqa: E731
+    page.on("pageerror", on_error)
+    page.on("console", on_console)
+    try:
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)  # what a file drop calls
+        page.wait_for_timeout(1500)
+        shown = page.evaluate("() => window.app.graph._nodes.map(n => [n.type, !!window.LiteGraph.registered_node_types[n.type]])")
+    finally:
+        page.remove_listener("pageerror", on_error)
+        page.remove_listener("console", on_console)
+    assert sorted(t for t, _ in shown) == sorted(n["type"] for n in workflow["nodes"])
+    assert all(registered for _, registered in shown), shown
+    assert {t for t, _ in shown if t.startswith("Leakstyle")} <= PACK_NODES
+    assert page.get_by_text("Some Nodes Are Missing").count() == 0
+    assert not errors, errors
+    page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.6; c.ds.offset = [40, 40]; c.setDirty(true, true); }")
+    page.wait_for_timeout(500)
+    screenshot = Path(os.environ.get("LEAKSTYLE_COMFY_SCREENSHOT_DIR", tmp_path)) / name.replace(".json", ".png")
+    page.screenshot(path=str(screenshot))
+    assert screenshot.stat().st_size > 10_000

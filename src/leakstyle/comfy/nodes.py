@@ -26,12 +26,15 @@ SIZE = {"default": 512, "min": 16, "max": 16384, "step": 8}
 
 
 class LeakstyleLoadStyle:
-    """A style from models/leakstyle (leakstyle file or official folder), or from any path."""
+    """A style from models/leakstyle (leakstyle file or official folder), or from any path.
+
+    Both inputs are optional to ComfyUI, so that `path` alone works while models/leakstyle is still empty."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"style": (store.style_names(),)},
-                "optional": {"path": ("STRING", {"default": "", "tooltip": "a leakstyle file or an official folder; wins when not empty"})}}
+        return {"required": {},
+                "optional": {"style": (store.style_names(),),
+                             "path": ("STRING", {"default": "", "tooltip": "a leakstyle file or an official folder; wins when not empty"})}}
 
     RETURN_TYPES = ("STYLE",)
     FUNCTION = "load"
