@@ -15,6 +15,7 @@ from leakstyle.cli import main
 from leakstyle.demo import mean_colors
 from leakstyle.distribution import StyleDistribution
 from leakstyle.encode import to_hex
+from leakstyle.files import save
 from leakstyle.pipeline import generate
 
 FAST = dict(steps=2, guidance=7.5)
@@ -130,7 +131,7 @@ def test_uploaded_images_are_fitted_once_and_offered_for_download(model, images)
 
 def test_a_style_file_is_loaded(model, images, tmp_path):
     style, _ = ui.style_for(model, "fit images", images, kind="dct", components=1)
-    style.distribution.save(tmp_path / "mine.safetensors")
+    save(style.distribution, tmp_path / "mine.safetensors")
     text, table, files, _ = page(model, source="style file", style_file=str(tmp_path / "mine.safetensors"))
     assert "Error" not in text and "no style" not in text and files[-1].endswith("mine.safetensors")
 
@@ -173,7 +174,7 @@ def test_a_non_image_upload_is_an_error_message(model, tmp_path):
 
 
 def test_a_style_for_another_model_is_an_error_message(model, tmp_path):
-    StyleDistribution("pixel", torch.zeros(3, 32, 32), torch.ones(3, 32, 32)).save(tmp_path / "pixels.safetensors")
+    save(StyleDistribution("pixel", torch.zeros(3, 32, 32), torch.ones(3, 32, 32)), tmp_path / "pixels.safetensors")
     text = error_text(model, source="style file", style_file=str(tmp_path / "pixels.safetensors"))
     assert "3 channels" in text and "4" in text
 

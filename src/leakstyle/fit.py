@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -18,6 +19,8 @@ from .leak import image_size
 from .moments import Moments
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
+EMBEDDED_NAME = "leakstyle/mini-sd"  # the embedded model's name in files, whatever its install path
+EMBEDDED_FOLDER = Path(__file__).parent / "models" / "mini-sd"  # = pipeline.EMBEDDED_MODEL (pipeline imports finetune, which imports fit)
 
 
 class SkippedImagesWarning(UserWarning):
@@ -25,7 +28,12 @@ class SkippedImagesWarning(UserWarning):
 
 
 def model_name(pipe) -> str:
-    return str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
+    """The model a style is fitted for, as its file records it: the hub id or folder the pipeline was loaded from,
+    or `leakstyle/mini-sd` for the embedded model (its absolute install path differs between machines)."""
+    name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
+    if name and Path(name).resolve() == EMBEDDED_FOLDER.resolve():
+        return EMBEDDED_NAME
+    return name
 
 
 def default_resolution(pipe) -> tuple[int, int]:

@@ -35,7 +35,7 @@ from .demo import mean_colors
 from .distribution import StyleDistribution
 from .encode import parse_color, to_hex
 from .errors import LeakstyleError
-from .files import load
+from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
 from .pipeline import generate, load_pipeline, noise_name
@@ -131,7 +131,7 @@ def style_for(model: Model, source: str, images: list[str] | None = None, style_
         return cached[1], cached
     distribution = fit(list(images), pipe=model.pipe, kind=kind, components=int(components), progress=True)
     file = Path(tempfile.mkdtemp(prefix="style-", dir=workdir())) / "style.safetensors"
-    distribution.save(file)
+    save(distribution, file)
     style = Style(distribution, file, f"fitted to {distribution.image_count} uploaded images")
     return style, (key, style)
 
