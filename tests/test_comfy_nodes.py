@@ -1,6 +1,5 @@
 """leakstyle's ComfyUI nodes in-process: refusals, units, colour, styles in models/leakstyle, the embedded model."""
 
-import math
 import re
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def raw_style(channels=4, size=8, seed=0):
                              metadata={"space": "latent", "scaling_factor": "1.0", "shift_factor": "0.0"})
 
 
-def patched(name, method, model, **kwargs):
+def patched(name, model, **kwargs):
     import comfy_extras.nodes_model_advanced as advanced
 
     return getattr(advanced, name)().patch(model, **kwargs)[0]
@@ -73,7 +72,7 @@ def test_the_pack_exposes_every_node_of_the_contract(pack):
 def test_models_without_a_usable_leak_are_refused_in_one_line(pack, sd1, patch, kwargs, message):
     from leakstyle import LeakstyleError
 
-    model = patched(patch, "patch", sd1, **kwargs)
+    model = patched(patch, sd1, **kwargs)
     sigmas = torch.tensor([10.0, 1.0, 0.0])
     for run in (lambda: node(pack, "LeakstyleLeakLatent").latent(model, raw_style(), 64, 64, 1, 0),
                 lambda: node(pack, "LeakstyleLeakNoise").noise(model, sigmas, 0)):
@@ -126,7 +125,11 @@ def test_dct_units_conversion_moves_an_offset_into_the_dc_coefficient(pack):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 2, 6, 6, generator=g) + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1)
     a, b = torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([0.25, -1.0], dtype=torch.float64)
-    fit = lambda t: StyleDistribution.from_moments((lambda m: (m.update(t), m)[1])(Moments.for_dct(2, 6, 6, 3)))
+    def fit(t):
+        moments = Moments.for_dct(2, 6, 6, 3)
+        moments.update(t)
+        return StyleDistribution.from_moments(moments)
+
     converted, direct = affine(fit(x), a, b), fit(x * a.float().view(1, 2, 1, 1) + b.float().view(1, 2, 1, 1))
     for name in ("mean", "var", "lf_mean", "lf_cov"):
         torch.testing.assert_close(getattr(converted, name), getattr(direct, name), rtol=1e-4, atol=1e-4)

@@ -39,6 +39,7 @@ def new_moments(kind: str, components: int, z: torch.Tensor) -> Moments:
     return Moments.for_dct(C, H, W, components)
 
 
+@torch.no_grad()
 def fit_batches(batches, vae, kind: str, components: int, source: dict[str, str]) -> StyleDistribution:
     """Fit `kind` statistics to ComfyUI IMAGE batches [B, H, W, 3] in [0, 1], encoded with `vae`."""
     moments = None
@@ -77,6 +78,7 @@ def fit_folder(folder: str | os.PathLike, vae, kind: str = "dct", components: in
                                                         "source_digest": digest_paths(paths)})
 
 
+@torch.no_grad()
 def raw_color(vae, color: str, size: int = 64) -> torch.Tensor:
     """The raw latent means [C] (float64) of a flat image of `color` ('#rrggbb') encoded with `vae`."""
     rgb = torch.tensor(parse_color(color), dtype=torch.float32) / 255.0

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..distribution import StyleDistribution
+from ..errors import ImageError
 from . import store
 from .embedded import embedded_model
 from .fitting import fit_folder, fit_images, raw_color, vae_factor
@@ -62,8 +63,6 @@ class LeakstyleFitStyle:
             return (fit_images(images, vae, kind, components),)
         if folder and folder.strip():
             return (fit_folder(folder.strip(), vae, kind, components),)
-        from ..errors import ImageError
-
         raise ImageError("connect images or give a folder of images to fit the style to")
 
 
