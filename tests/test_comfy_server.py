@@ -203,6 +203,15 @@ def test_a_style_loaded_from_a_path_reaches_the_probe(server, reference):
     assert "sqrt(abar_0) = 0.068265" in text and "style channel means +0.4" in text  # C's first channel: about 0.42
 
 
+# A file dropped on the canvas, as a user drags a workflow file from the desktop onto the page.
+DROP_FILE = """(text) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([text], "workflow.json", {type: "application/json"}));
+    const canvas = document.querySelector("#graph-canvas") || document.body;
+    canvas.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
     """ComfyUI's page in headless Chromium, once for the module (the first-run template browser closed)."""
@@ -227,7 +236,7 @@ def page(server, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["leakstyle-custom-advanced-embedded.json", "leakstyle-ksampler-sd15.json"])
-def test_the_page_loads_the_example_workflow_with_the_packs_nodes(page, tmp_path, name):
+def test_the_page_loads_the_example_workflow_dropped_on_it_with_the_packs_nodes(page, tmp_path, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
     errors = []  # what loading the workflow causes
     on_error = lambda e: errors.append(str(e))  # noqa: E731
@@ -235,8 +244,8 @@ def test_the_page_loads_the_example_workflow_with_the_packs_nodes(page, tmp_path
     page.on("pageerror", on_error)
     page.on("console", on_console)
     try:
-        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)  # what a file drop calls
-        page.wait_for_timeout(1500)
+        page.evaluate(DROP_FILE, (WORKFLOWS / name).read_text())
+        page.wait_for_timeout(2000)
         shown = page.evaluate("() => window.app.graph._nodes.map(n => [n.type, !!window.LiteGraph.registered_node_types[n.type]])")
     finally:
         page.remove_listener("pageerror", on_error)
