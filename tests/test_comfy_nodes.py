@@ -1,5 +1,6 @@
 """leakstyle's ComfyUI nodes in-process: refusals, units, colour, styles in models/leakstyle, the embedded model."""
 
+import math
 import re
 import subprocess
 import sys
@@ -81,6 +82,14 @@ def test_models_without_a_usable_leak_are_refused_in_one_line(pack, sd1, patch, 
         assert "\n" not in str(info.value)
     text = node(pack, "LeakstyleProbe").probe(model, 20, "normal", 512, 512)["result"][0]
     assert text.startswith("leak: none") and message in text
+
+
+def test_continuous_v_prediction_with_sigma_data_one_is_accepted(pack, sd1):
+    """CosXL's sampling in ComfyUI (v-prediction, continuous EDM sigmas, sigma_data 1): x / sqrt(sigma^2 + 1) holds."""
+    model = patched("ModelSamplingContinuousEDM", sd1, sampling="v_prediction", sigma_max=120.0, sigma_min=0.002)
+    text = node(pack, "LeakstyleProbe").probe(model, 20, "karras", 512, 512)["result"][0]
+    assert f"sqrt(abar_0) = {1 / math.sqrt(1 + 120.0**2):.6f}" in text
+    node(pack, "LeakstyleLeakLatent").latent(model, raw_style(), 64, 64, 1, 0)
 
 
 def test_a_style_with_other_channels_is_refused(pack, sd1):
