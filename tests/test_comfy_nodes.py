@@ -241,3 +241,24 @@ def test_nodes_import_no_heavy_dependencies():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={"PYTHONPATH": f"{REPO / 'src'}:{comfyui_path()}", "PATH": "/usr/bin:/bin"}, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_embedded_model_in_comfyuis_classes_computes_what_the_diffusers_pipeline_computes(embedded):
+    """Text encoder, UNet and VAE built by LeakstyleEmbeddedModel against the diffusers pipeline of the same weights."""
+    from leakstyle.pipeline import load_pipeline
+
+    model, clip, vae = embedded
+    pipe = load_pipeline(None, device="cpu")
+    with torch.no_grad():
+        cond = clip.encode_from_tokens(clip.tokenize("a red heart"))
+        ids = pipe.tokenizer("a red heart", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        hidden = pipe.text_encoder(ids)[0]
+        torch.testing.assert_close(cond, hidden, rtol=1e-4, atol=1e-4)
+        x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])
+        torch.testing.assert_close(model.model.diffusion_model(x, t, context=hidden),
+                                   pipe.unet(x, t, encoder_hidden_states=hidden).sample, rtol=1e-4, atol=1e-4)
+        image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+        z = pipe.vae.encode(image.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+        torch.testing.assert_close(vae.encode(image), z, rtol=1e-4, atol=1e-4)
+        decoded = (pipe.vae.decode(z).sample.clamp(-1, 1) + 1) / 2
+        torch.testing.assert_close(vae.decode(z), decoded.movedim(1, -1), rtol=1e-4, atol=1e-4)

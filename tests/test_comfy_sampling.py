@@ -22,7 +22,7 @@ CASES = [(family, sampler, scheduler) for family in ("sd1", "sd2-v", "sdxl") for
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfyui(tmp_path_factory):
     import_comfy(tmp_path_factory.mktemp("comfyui"))
     import comfy.model_base
     import comfy.model_patcher
@@ -37,7 +37,7 @@ def comfy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(comfy):
+def models(comfyui):
     return {family: tiny_model(family) for family in ("sd1", "sd2-v", "sdxl")}
 
 
@@ -71,8 +71,8 @@ def style(channels=4):
                              metadata={"space": "latent", "scaling_factor": "1.0", "shift_factor": "0.0"})
 
 
-def leak_latent(comfy, model, seed=5, batch=2):
-    node = comfy["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakLatent"]()
+def leak_latent(comfyui, model, seed=5, batch=2):
+    node = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakLatent"]()
     return node.latent(model, style(), width=64, height=64, batch_size=batch, seed=seed)[0]
 
 
@@ -84,7 +84,7 @@ def abar(sigma):
     return 1.0 / (1.0 + sigma * sigma)
 
 
-def ksampler_sigmas(comfy, model, sampler, scheduler, denoise):
+def ksampler_sigmas(comfyui, model, sampler, scheduler, denoise):
     import comfy.samplers
 
     return comfy.samplers.KSampler(model, steps=STEPS, device="cpu", sampler=sampler, scheduler=scheduler,
@@ -92,14 +92,14 @@ def ksampler_sigmas(comfy, model, sampler, scheduler, denoise):
 
 
 @pytest.mark.parametrize("family, sampler, scheduler", CASES)
-def test_ksampler_first_input_is_unit_noise_plus_leak_at_sigma_max(comfy, models, family, sampler, scheduler):
+def test_ksampler_first_input_is_unit_noise_plus_leak_at_sigma_max(comfyui, models, family, sampler, scheduler):
     model, cond = models[family]
-    latent = leak_latent(comfy, model)
+    latent = leak_latent(comfyui, model)
     seed = 11
-    sigma_0 = float(ksampler_sigmas(comfy, model, sampler, scheduler, 1.0)[0])
+    sigma_0 = float(ksampler_sigmas(comfyui, model, sampler, scheduler, 1.0)[0])
     sigma_max = float(model.get_model_object("model_sampling").sigma_max)
     at_max = math.isclose(sigma_max, sigma_0, rel_tol=1e-5) or sigma_0 > sigma_max
-    x = first_input(model, lambda: comfy["nodes"].KSampler().sample(model, seed, STEPS, 1.0, sampler, scheduler, cond,
+    x = first_input(model, lambda: comfyui["nodes"].KSampler().sample(model, seed, STEPS, 1.0, sampler, scheduler, cond,
                                                                      cond, latent, denoise=1.0))
     import comfy.sample
 
@@ -110,12 +110,12 @@ def test_ksampler_first_input_is_unit_noise_plus_leak_at_sigma_max(comfy, models
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2-v", "sdxl"])
-def test_ksampler_below_full_denoise_is_the_forward_process(comfy, models, family):
+def test_ksampler_below_full_denoise_is_the_forward_process(comfyui, models, family):
     model, cond = models[family]
-    latent = leak_latent(comfy, model)
-    sigma_0 = float(ksampler_sigmas(comfy, model, "euler", "normal", 0.5)[0])
+    latent = leak_latent(comfyui, model)
+    sigma_0 = float(ksampler_sigmas(comfyui, model, "euler", "normal", 0.5)[0])
     assert sigma_0 < 0.9 * float(model.get_model_object("model_sampling").sigma_max)
-    x = first_input(model, lambda: comfy["nodes"].KSampler().sample(model, 2, STEPS, 1.0, "euler", "normal", cond, cond,
+    x = first_input(model, lambda: comfyui["nodes"].KSampler().sample(model, 2, STEPS, 1.0, "euler", "normal", cond, cond,
                                                                      latent, denoise=0.5))
     import comfy.sample
 
@@ -124,20 +124,20 @@ def test_ksampler_below_full_denoise_is_the_forward_process(comfy, models, famil
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
 
 
-def custom_advanced(comfy, model, cond, noise, sigmas, sampler, latent):
-    custom = comfy["custom"]
+def custom_advanced(comfyui, model, cond, noise, sigmas, sampler, latent):
+    custom = comfyui["custom"]
     guider = custom.CFGGuider().get_guider(model, cond, cond, 1.0)[0]
     sampler_object = custom.KSamplerSelect().get_sampler(sampler)[0]
     return custom.SamplerCustomAdvanced().sample(noise, guider, sampler_object, sigmas, latent)
 
 
 @pytest.mark.parametrize("family, sampler, scheduler", CASES)
-def test_leak_noise_makes_the_first_input_exactly_the_forward_process(comfy, models, family, sampler, scheduler):
+def test_leak_noise_makes_the_first_input_exactly_the_forward_process(comfyui, models, family, sampler, scheduler):
     model, cond = models[family]
-    latent = leak_latent(comfy, model)
-    sigmas = comfy["custom"].BasicScheduler().get_sigmas(model, scheduler, STEPS, 1.0)[0]
-    noise = comfy["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=21)[0]
-    x = first_input(model, lambda: custom_advanced(comfy, model, cond, noise, sigmas, sampler, latent))
+    latent = leak_latent(comfyui, model)
+    sigmas = comfyui["custom"].BasicScheduler().get_sigmas(model, scheduler, STEPS, 1.0)[0]
+    noise = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=21)[0]
+    x = first_input(model, lambda: custom_advanced(comfyui, model, cond, noise, sigmas, sampler, latent))
     import comfy.sample
 
     eps = comfy.sample.prepare_noise(latent["samples"], 21)
@@ -145,20 +145,20 @@ def test_leak_noise_makes_the_first_input_exactly_the_forward_process(comfy, mod
     torch.testing.assert_close(x, math.sqrt(a0) * x_tilde(model, latent) + math.sqrt(1 - a0) * eps, rtol=1e-5, atol=1e-5)
 
 
-def test_leak_noise_honours_batch_index_as_random_noise_does(comfy, models):
+def test_leak_noise_honours_batch_index_as_random_noise_does(comfyui, models):
     model, _ = models["sd1"]
-    latent = dict(leak_latent(comfy, model, batch=2), batch_index=[3, 1])
-    sigmas = comfy["custom"].BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
-    ours = comfy["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=4)[0]
-    theirs = comfy["custom"].Noise_RandomNoise(4)
+    latent = dict(leak_latent(comfyui, model, batch=2), batch_index=[3, 1])
+    sigmas = comfyui["custom"].BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
+    ours = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=4)[0]
+    theirs = comfyui["custom"].Noise_RandomNoise(4)
     factor = math.sqrt(1 - abar(float(sigmas[0])))
     torch.testing.assert_close(ours.generate_noise(latent), factor * theirs.generate_noise(latent))
     assert ours.seed == 4
 
 
-def test_leak_latent_gives_x_tilde_back_through_process_latent_in(comfy, models):
+def test_leak_latent_gives_x_tilde_back_through_process_latent_in(comfyui, models):
     model, _ = models["sdxl"]
-    latent = leak_latent(comfy, model, seed=9, batch=3)
+    latent = leak_latent(comfyui, model, seed=9, batch=3)
     expected = style().sample(3, 8, 8, generator=torch.Generator().manual_seed(9)) * 0.13025  # raw units -> SDXL's
     assert latent["samples"].shape == (3, 4, 8, 8)
     torch.testing.assert_close(x_tilde(model, latent), expected, rtol=1e-5, atol=1e-6)
