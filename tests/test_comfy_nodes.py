@@ -121,7 +121,7 @@ def test_a_style_in_raw_vae_units_is_scaled_into_the_models_units(pack, sd1):
 def test_an_official_folder_is_used_in_its_own_units(pack, sd1, reference):
     from leakstyle.comfy.units import to_model_units
 
-    style = node(pack, "LeakstyleLoadStyle").load(None, path=str(reference / "C"))[0]
+    style = node(pack, "LeakstyleLoadStyle").load(None, path=str(reference / "D"))[0]
     assert to_model_units(style, sd1) is style
 
 
