@@ -15,14 +15,12 @@ import contextlib
 import functools
 import json
 import re
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import LeakstyleError
-
-EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "models" / "mini-sd"
+from ..loading import EMBEDDED_MODEL
 
 
 def read_config(part: str) -> dict:
