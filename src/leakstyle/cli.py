@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LeakstyleError
+from .extras import missing_extra
 from .png import png_bytes
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -565,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LeakstyleError as e:
         print(f"leakstyle: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
+        error = missing_extra(e)
+        if error is None:
+            raise
+        print(f"leakstyle: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("leakstyle: interrupted", file=sys.stderr)
