@@ -149,3 +149,63 @@ def test_a_stale_or_corrupt_cache_entry_is_never_used(sd, cache, monkeypatch):
     path.write_text("{not json")
     color.calibration(sd, leak, 2.0, 8, 8, samples=16)
     assert len(calls) == 2 and json.loads(path.read_text())["fields"] == fields
+
+
+# -- brightness and the API --------------------------------------------------------------------------
+def test_with_lightness_sets_L_and_keeps_the_colours_hue(sd):
+    from leakstyle import metrics
+
+    red = metrics.color_to_lab("#c03030")
+    out = metrics.color_to_lab(color.with_lightness(sd, 60.0, color="#c03030"))
+    assert abs(out[0] - 60.0) < 1.0
+    hue = lambda lab: torch.atan2(torch.tensor(lab[2]), torch.tensor(lab[1]))  # noqa: E731
+    assert abs(float(hue(out) - hue(red))) < 0.1
+
+
+def test_with_lightness_without_style_or_colour_is_neutral_grey(sd):
+    from leakstyle import metrics
+
+    lab = metrics.color_to_lab(color.with_lightness(sd, 30.0))
+    assert abs(lab[0] - 30.0) < 1.0 and abs(lab[1]) < 1.0 and abs(lab[2]) < 1.0
+    with pytest.raises(LeakstyleError, match="between 0 and 100"):
+        color.with_lightness(sd, 120.0)
+
+
+@pytest.fixture()
+def small_calibration(cache, monkeypatch):
+    monkeypatch.setattr(color, "CALIBRATION_SAMPLES", 16)
+
+
+def test_generate_calibrated_and_raw_share_the_noise_but_not_the_start(sd, small_calibration):
+    from leakstyle.pipeline import generate
+
+    def run(mode):
+        inputs = []
+        handle = sd.unet.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+        try:
+            generate(sd, "a", color="#808080", color_mode=mode, num_inference_steps=3, guidance_scale=2.0, seed=0)
+        finally:
+            handle.remove()
+        return inputs[-3][:1]  # the real run's first step (3 steps, the last calls of the generation)
+
+    run("calibrated")  # calibrates once (cached)
+    starts = {mode: run(mode) for mode in ("raw", "calibrated")}
+    ac = {m: x - x.mean((2, 3), keepdim=True) for m, x in starts.items()}
+    dc = {m: x.mean((2, 3)) for m, x in starts.items()}
+    # the same eps; calibrated mode sets another DC (noise-cancelled, corrected), nothing else
+    assert not torch.allclose(dc["raw"], dc["calibrated"], atol=1e-3)
+    assert torch.allclose(ac["raw"], ac["calibrated"], atol=1e-4)
+
+
+def test_generate_refuses_an_unknown_colour_mode(sd):
+    from leakstyle.pipeline import generate
+
+    with pytest.raises(LeakstyleError, match="colour mode"):
+        generate(sd, "a", color="#808080", color_mode="magic", num_inference_steps=2)
+
+
+def test_calibrated_colour_refuses_pixel_models(pixel_path):
+    from leakstyle.pipeline import generate, load_pipeline
+
+    with pytest.raises(LeakstyleError, match="raw"):
+        generate(load_pipeline(pixel_path, device="cpu"), color="#808080", num_inference_steps=2)

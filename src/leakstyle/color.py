@@ -322,3 +322,55 @@ def calibrated_initial_latents(pipe, prompts: list[str], color: torch.Tensor, ge
     m1 = corrected_input(g, t.to(device).expand_as(y0), y0, m0.float()).to(dtype)
     x_T1 = x_T0 + leak.sqrt_abar_T * (m1 - m0)[:, :, None, None]
     return x_T1 / leak.input_scale
+
+
+def check_color_mode(color_mode: str) -> str:
+    if color_mode not in COLOR_MODES:
+        raise LeakstyleError(f"unknown colour mode {color_mode!r}; choose one of {', '.join(COLOR_MODES)}")
+    return color_mode
+
+
+def seeded_calibrated_latents(pipe, prompts: list[str], color: torch.Tensor, seeds: list[int], num_inference_steps: int,
+                              guidance_scale: float, height: int | None = None, width: int | None = None, style=None,
+                              strength: float = 1.0, negative_prompt: str | None = None, scheduler=None,
+                              progress: bool = False) -> torch.Tensor:
+    """calibrated_initial_latents for the pipeline's scheduler at `num_inference_steps`, image i from seeds[i]
+    (height, width in pixels: the model's native size if None). Refuses models the method cannot serve."""
+    from .leak import latent_shape
+    from .schedule import ZERO_SNR_EXPLANATION, leak_at_first_step
+
+    if vae_of(pipe) is None or getattr(pipe, "text_encoder", None) is None:
+        raise LeakstyleError("calibrated colour needs a latent text-to-image pipeline; use color_mode='raw' "
+                             "(--color-mode raw) for pixel-space models")
+    if getattr(pipe, "leakstyle_noise", None) is not None:
+        raise LeakstyleError("calibrated colour is not available for Diffusion-in-Style models yet; "
+                             "use color_mode='raw' (--color-mode raw)")
+    leak = leak_at_first_step(scheduler or pipe.scheduler, num_inference_steps, warn=False)
+    if not leak.has_leak:
+        raise LeakstyleError(ZERO_SNR_EXPLANATION)
+    _, h, w = latent_shape(pipe, height, width)
+    device = pipe.unet.device
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    return calibrated_initial_latents(pipe, prompts, color, generators, leak, guidance_scale, h, w, style=style,
+                                      strength=strength, negative_prompt=negative_prompt, progress=progress)
+
+
+def with_lightness(pipe, lightness: float, style=None, color: str | None = None) -> str:
+    """The '#rrggbb' colour of CIELAB lightness L* = `lightness` (0 black .. 100 white) with the hue and chroma
+    (a*, b*) of `color`, else of the style's mean colour (its channel means decoded by the VAE), else neutral grey
+    (a* = b* = 0). Out-of-gamut results are clipped to sRGB."""
+    from skimage.color import lab2rgb
+
+    from . import metrics
+    from .encode import model_units_to_rgb, to_hex
+
+    if not 0.0 <= float(lightness) <= 100.0:
+        raise LeakstyleError(f"brightness is CIELAB L* between 0 and 100, got {lightness}")
+    if color is not None:
+        lab = metrics.color_to_lab(color)
+    elif style is not None:
+        lab = metrics.color_to_lab(model_units_to_rgb(vae_of(pipe), style.channel_means()))
+    else:
+        lab = np.zeros(3)
+    rgb = lab2rgb(np.array([[[float(lightness), lab[1], lab[2]]]]), channel_axis=-1)[0, 0]
+    return to_hex(np.clip(rgb, 0, 1) * 255)
