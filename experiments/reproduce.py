@@ -164,8 +164,8 @@ def colour_control(pipe, colors, prompts, gen, n_boot: int, seed: int, steps: in
 
     methods = {"calibrated": lambda c: gen(prompts, color=c, color_mode="calibrated"),
                "raw": lambda c: gen(prompts, color=c, color_mode="raw")}
-    noise_images = gen(prompts)
-    methods["pure noise"] = lambda c: noise_images
+    noise_images = []
+    methods["pure noise"] = lambda c: noise_images or noise_images.extend(gen(prompts)) or noise_images
     k = img2img_prompts or len(prompts)
     for s in IMG2IMG_STRENGTHS:
         methods[f"flat-colour img2img {s:g}"] = (
@@ -181,7 +181,11 @@ def colour_control(pipe, colors, prompts, gen, n_boot: int, seed: int, steps: in
             pooled[m]["whole"].append(whole)
             rows[c][m] = {"obtained": mean_border_hex(images), "border": border.tolist(), "whole": whole.tolist(),
                           "median": metrics.bootstrap(np.median, (border,), n_boot, seed=seed)}
-        print(f"[colour: {m}, {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
+        b, w = np.concatenate(pooled[m]["border"]), np.concatenate(pooled[m]["whole"])
+        print(f"[colour: {m}, {time.perf_counter() - started:.0f} s: border median {np.median(b):.1f} p90 "
+              f"{np.quantile(b, 0.9):.1f}, whole-image median {np.median(w):.1f} p90 {np.quantile(w, 0.9):.1f}; per colour "
+              + ", ".join(f"{c} {rows[c][m]['obtained']} {np.median(rows[c][m]['border']):.1f}" for c in colors) + "]",
+              file=sys.stderr, flush=True)
     stat = lambda e: {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9))}  # noqa: E731
     summary = {m: {where: metrics.bootstrap(stat, (np.concatenate(parts[where]),), n_boot, seed=seed)
                    for where in ("border", "whole")} for m, parts in pooled.items()}

@@ -17,7 +17,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .distribution import StyleDistribution
-from .color import check_color_mode, seeded_calibrated_latents
 from .encode import color_to_model_units
 from .errors import LeakstyleError
 from .finetune import style_initial_latents
@@ -123,7 +122,7 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
              strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
              width: int | None = None, scheduler: str | None = None, progress: bool = False,
-             noise: StyleDistribution | None | str = "auto", color_mode: str = "calibrated") -> list[Image.Image]:
+             noise: StyleDistribution | None | str = "auto") -> list[Image.Image]:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
@@ -135,7 +134,6 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     (`pipe.leakstyle_noise`, set by load_pipeline), None means N(0, I). A Diffusion-in-Style model starts from
     x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
     `scheduler` applies to this call only: `pipe.scheduler` is the same object afterwards.
-    `color_mode` "calibrated" (leakstyle.color) aims the background at `color`; "raw" sets x_tilde's DC to it (the paper).
     """
     with using_scheduler(pipe, scheduler):
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
@@ -147,16 +145,11 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
         if isinstance(noise, str):
             noise = getattr(pipe, "leakstyle_noise", None)
         start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
-        if color is not None and check_color_mode(color_mode) == "calibrated":  # leakstyle.color
-            latents = seeded_calibrated_latents(pipe, prompts or [prompt] * num_images, color, [seed + i for i in range(num_images)],
-                                                num_inference_steps, guidance_scale, height, width, style, strength,
-                                                negative_prompt, progress=progress)
-        else:
-            latents = torch.cat([
-                start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
-                      generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength,
-                      device=device, dtype=dtype)
-                for i in range(num_images)])
+        latents = torch.cat([
+            start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
+                  generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
+                  dtype=dtype)
+            for i in range(num_images)])
         # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
         generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]
         if not is_text_to_image(pipe):
