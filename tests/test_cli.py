@@ -214,12 +214,13 @@ def test_generate_missing_style_file(tmp_path, sd_path, capsys):
     assert "not found" in run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--style", str(tmp_path / "none.st"), "--out", str(tmp_path / "o")], capsys)
 
 
-def test_generate_refuses_to_overwrite_images(tmp_path, sd_path, capsys):
+def test_generate_numbers_new_images_after_existing_ones(tmp_path, sd_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "0000-seed0.png").write_bytes(b"mine")
-    assert "--force" in run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--steps", "1", "--out", str(out)], capsys)
+    assert main(["generate", "--model", str(sd_path), "--prompt", "x", "--steps", "1", "--baseline", "--out", str(out), "--quiet"]) == 0
     assert (out / "0000-seed0.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.iterdir()) == ["0000-seed0.png", "0001-seed0-baseline.png", "0001-seed0.png"]
 
 
 def test_generate_refuses_zero_terminal_snr_with_explanation(tmp_path, sd_path, capsys):

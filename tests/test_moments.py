@@ -231,7 +231,7 @@ def test_merging_saved_halves_matches_one_fit_within_float32_rounding(kind: str,
     second = write_images(tmp_path / "second", 7, seed=1)
     options = dict(pipe=None, kind=kind, components=N_COMPONENTS, space="pixel", resolution=16, progress=False)
     for name, folder in [("first", first), ("second", second)]:
-        ls.fit(folder, **options).save(tmp_path / f"{name}.safetensors")
+        ls.save(ls.fit(folder, **options), tmp_path / f"{name}.safetensors")
     merged = ls.merge([ls.load(tmp_path / "first.safetensors"), ls.load(tmp_path / "second.safetensors")])
     whole = ls.fit([first, second], **options)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import types
 import sys
 from pathlib import Path
 
@@ -217,6 +218,8 @@ def test_exported_pipeline_loads_plainly_with_sd15_schedule(tmp_path):
     assert pipe.scheduler.alphas_cumprod[999].item() == pytest.approx(0.068265**2, rel=1e-4)
     image = pipe("hello", num_inference_steps=2, height=64, width=64, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+    plain = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe")  # as the model card loads it: one dtype
+    assert {plain.unet.dtype, plain.text_encoder.dtype, plain.vae.dtype} == {torch.float32}
 
 
 def test_unet_training_smoke_run_checkpoints_and_resumes(emoji_dir, tmp_path):
@@ -270,8 +273,10 @@ def test_steps_for_budget_fills_the_time_left():
     assert train_unet.steps_for_budget(100, rate=10.0, seconds_left=0.0) == 101
 
 
-def test_budget_run_stores_its_total_and_ends_its_cosine_there(emoji_dir, tmp_path):
+def test_budget_run_stores_its_total_and_ends_its_cosine_there(emoji_dir, tmp_path, monkeypatch):
     vae, tok = tiny_unet_run(emoji_dir, tmp_path)
+    clock = iter(range(10**9))  # a clock of 0.05 s per reading: the planned total does not depend on the machine's load
+    monkeypatch.setattr(train_unet, "time", types.SimpleNamespace(time=lambda: 0.05 * next(clock)))
     train_unet.train(tmp_path / "run", emoji_dir, vae, tok, steps=10**6, batch_size=2, lr=1e-3, warmup=10,
                      ckpt_every=10**6, log_every=1, budget_minutes=0.05)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

@@ -5,12 +5,14 @@
          DCT frequencies of every channel (component-major vector) and a diagonal high-frequency remainder.
 
 All randomness comes from one `torch.Generator`: first eps [B, C, H, W], then z [B, nC] for the LF.
+Reading and writing them is leakstyle.files' business (`leakstyle.save(style, path)`, `leakstyle.load(path)`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -19,6 +21,11 @@ import torch.nn.functional as F
 from . import dct
 from .errors import StyleFileError
 from .moments import Moments
+
+# Latents and pixels of real models stay within a few units (SD latents within about +-5, pixels in [-1, 1]).
+# Means and standard deviations beyond this are no style of any real model, and in sampling they overflow
+# float16 arithmetic (and near 3e38 float32), so images come out black: they are refused.
+MAX_MODEL_UNITS = 1e4
 
 
 def covariance_factor(Sigma: torch.Tensor) -> torch.Tensor:
@@ -89,11 +96,14 @@ class StyleDistribution:
         return (dct.reconstruct(lf, B)[0] + self.mean.double()).mean((1, 2)).float()
 
     def validate(self) -> None:
-        """Raise StyleFileError unless shapes agree and every value is finite (variances >= 0)."""
+        """Raise StyleFileError unless shapes agree, every value is finite and within MAX_MODEL_UNITS (variances >= 0)
+        and the image count, if known, is a whole number."""
         if self.kind not in ("pixel", "dct"):
             raise StyleFileError(f"unknown statistic type {self.kind!r}: expected 'pixel' or 'dct'")
         if self.mean.ndim != 3 or self.mean.shape != self.var.shape:
             raise StyleFileError(f"mean and variance must both be [C, H, W], got {list(self.mean.shape)} and {list(self.var.shape)}")
+        if 0 in self.mean.shape:
+            raise StyleFileError(f"mean and variance are {list(self.mean.shape)}: a style needs at least one channel, row and column")
         tensors = {"mean": self.mean, "variance": self.var}
         if self.kind == "dct":
             if self.lf_indices is None or self.lf_mean is None or self.lf_cov is None:
@@ -115,6 +125,25 @@ class StyleDistribution:
                 raise StyleFileError(f"the style's {name} holds NaN or Inf values; refit it from the images")
         if (self.var < 0).any():
             raise StyleFileError("the style's variance has negative values; the file is corrupt")
+        self.check_magnitudes()
+        count = self.metadata.get("image_count")
+        if count not in (None, "") and not re.fullmatch(r"[0-9]+", str(count)):
+            raise StyleFileError(f"the style's image_count {count!r} is not a non-negative whole number; the file is corrupt")
+
+    def check_magnitudes(self) -> None:
+        """Refuse values beyond MAX_MODEL_UNITS per element: |mean|, sqrt(var) and, for the low frequencies
+        (ortho DCT coefficients, which carry sqrt(HW) times a channel mean), |mu_LF| / sqrt(HW) and
+        sqrt(|Sigma_LF|) / sqrt(HW)."""
+        root_hw = math.sqrt(self.height * self.width)
+        sizes = {"mean": self.mean.abs(), "standard deviation": self.var.sqrt()}
+        if self.kind == "dct":
+            sizes.update({"low-frequency mean": self.lf_mean.abs() / root_hw,
+                          "low-frequency covariance (square root)": self.lf_cov.abs().sqrt() / root_hw})
+        for name, t in sizes.items():
+            largest = float(t.max()) if t.numel() else 0.0
+            if largest > MAX_MODEL_UNITS:
+                raise StyleFileError(f"the style's {name} reaches {largest:.3g} model units, beyond {MAX_MODEL_UNITS:g}: "
+                                     f"not a style of any real model; refit it from the images")
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -188,12 +217,6 @@ class StyleDistribution:
         fixed[0] = math.sqrt(d.height * d.width) * channel_means.float()
         s = float(strength)
         return replace(d, lf_mean=(1 - s) * d.lf_mean + s * fixed.flatten(), lf_cov=(1 - s) ** 2 * d.lf_cov)
-
-    def save(self, path, format: str = "leakstyle", force: bool = False):
-        """Write to `path` (see leakstyle.files.save); refuses to overwrite without force."""
-        from .files import save
-
-        return save(self, path, format=format, force=force)
 
     # -- sampling ----------------------------------------------------------------------------------
     @functools.cached_property

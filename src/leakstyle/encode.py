@@ -6,6 +6,7 @@ Latents follow the diffusers convention: z = (latent_dist.mode() - shift_factor)
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -23,20 +24,40 @@ def vae_factors(vae) -> tuple[float, float]:
     return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
+@contextlib.contextmanager
+def upcast(vae):
+    """The VAE in float32 inside the block where it is float16 and its config sets `force_upcast` (the SDXL VAE
+    overflows to NaN in float16); as it was after the block. Yields the dtype to compute in."""
+    if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+        yield vae.dtype
+        return
+    vae.to(torch.float32)
+    try:
+        yield torch.float32
+    finally:
+        vae.to(torch.float16)
+
+
 @torch.no_grad()
 def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] in model units (no sampling: the mode)."""
+    """Pixels [B, 3, H, W] in [-1, 1] -> latents [B, C, H/f, W/f] in model units (no sampling: the mode), in the
+    VAE's dtype (computed in float32 where the VAE config asks for it, see upcast)."""
     scaling, shift = vae_factors(vae)
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return (vae.encode(pixels).latent_dist.mode() - shift) * scaling
+    dtype = vae.dtype
+    with upcast(vae) as compute:
+        pixels = pixels.to(device=vae.device, dtype=compute)
+        return ((vae.encode(pixels).latent_dist.mode() - shift) * scaling).to(dtype)
 
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents [B, C, h, w] in model units -> pixels [B, 3, H, W] in [-1, 1] (clamped)."""
+    """Latents [B, C, h, w] in model units -> pixels [B, 3, H, W] in [-1, 1] (clamped), in the VAE's dtype
+    (computed in float32 where the VAE config asks for it, see upcast)."""
     scaling, shift = vae_factors(vae)
-    latents = latents.to(device=vae.device, dtype=vae.dtype)
-    return vae.decode(latents / scaling + shift).sample.clamp(-1, 1)
+    dtype = vae.dtype
+    with upcast(vae) as compute:
+        latents = latents.to(device=vae.device, dtype=compute)
+        return vae.decode(latents / scaling + shift).sample.clamp(-1, 1).to(dtype)
 
 
 def parse_color(color: str) -> tuple[int, int, int]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,23 +27,21 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
 from .errors import ImageError, LeakstyleError
-from .files import load, write_atomic
+from .files import load, save
+from .finetuned import LORA_FILE, STYLE_FILE, read_record, write_record
+from .finetuned import load_finetuned, style_initial_latents  # noqa: F401  (where callers of finetune.py found them)
 from .fit import MIN_IMAGES, fit
 from .images import ImageBatches, digest_paths, list_images, parse_resolution
-from .leak import image_size, latent_shape, x_T
+from .leak import image_size, latent_shape
 from .loss import DenoisingLoss, StandardNoise, StyleNoise
-from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
+from .pipeline import load_pipeline
 
-RECORD = "finetune.json"
-STYLE_FILE = "style.safetensors"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 CAPTIONS = "metadata.jsonl"
 CHECKPOINTS = "checkpoints"
-FORMAT = "leakstyle-finetune"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention projections
 MAX_GRAD_NORM = 1.0
 # Options that do not change what is learned: a run may be resumed with other values.
@@ -137,20 +134,6 @@ def check_options(o: Options) -> None:
 
 
 # -- the output folder -------------------------------------------------------------------------------
-def read_record(folder: Path) -> dict | None:
-    """The finetune.json of `folder`, None when there is none; a LeakstyleError when it is not ours."""
-    file = Path(folder) / RECORD
-    if not file.is_file():
-        return None
-    try:
-        record = json.loads(file.read_text())
-    except (OSError, ValueError):
-        raise LeakstyleError(f"{file} is not readable JSON; it is not a leakstyle finetune record") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("options"), dict):
-        raise LeakstyleError(f"{file} is not a leakstyle finetune record")
-    return record
-
-
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's weights (names, shapes, dtypes, values): which weights a fine-tune started from."""
     h = hashlib.sha256()
@@ -158,15 +141,6 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def write_record(folder: Path, options: Options, status: str, step: int, base_unet_sha256: str) -> None:
-    record = {"format": FORMAT, "format_version": 1, "status": status, "step": step, "base_model": options.model,
-              "base_unet_sha256": base_unet_sha256,
-              "method": "lora" if options.lora else "full", "noise": options.noise, "style_file": STYLE_FILE,
-              "lora_file": LORA_FILE if options.lora else None, "options": asdict(options),
-              "leakstyle_version": __version__}
-    write_atomic(folder / RECORD, (json.dumps(record, indent=2) + "\n").encode(), force=True)
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -330,14 +304,14 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     from accelerate import Accelerator
 
+    wanted = resolve_device(device) if device is not None else None
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                                  cpu=device == "cpu")
+                                  cpu=wanted is not None and wanted.type == "cpu")
     except (ValueError, RuntimeError) as e:
         raise LeakstyleError(f"cannot train with --mixed-precision {mixed_precision} here: {str(e).splitlines()[0]}") from None
+    check_accelerator_device(wanted, accelerator.device)
     main = accelerator.is_main_process
-
-    from .pipeline import load_pipeline
 
     pipe = load_pipeline(model, device=str(accelerator.device), dtype=torch.float32)
     check_model(pipe, captions, lora, model)
@@ -373,7 +347,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_checkpoints(out)
         if start == 0:
-            style.save(out / STYLE_FILE, force=True)
+            save(style, out / STYLE_FILE, force=True)
         write_record(out, options, "training", start, base_digest)
     accelerator.wait_for_everyone()
     if start > 0:
@@ -387,6 +361,16 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         write_record(out, options, "done", steps, base_digest)
     accelerator.wait_for_everyone()
     return out
+
+
+def check_accelerator_device(wanted, device) -> None:
+    """accelerate chooses each process's device (cuda:<local rank>): a --device naming another one is refused
+    rather than ignored."""
+    if wanted is None:
+        return
+    if wanted.type != device.type or (wanted.index is not None and wanted.index != (device.index or 0)):
+        raise LeakstyleError(f"finetune would run on {device}, not {wanted}: accelerate picks the device of each "
+                             f"process; choose the GPU with CUDA_VISIBLE_DEVICES (or accelerate launch) instead")
 
 
 def noise_schedule(pipe):
@@ -492,61 +476,3 @@ def export(pipe, unet, out: Path, lora: bool) -> None:
     else:
         pipe.unet = unet
         pipe.save_pretrained(str(out))
-
-
-# -- using a fine-tuned model ------------------------------------------------------------------------
-def load_finetuned(folder: Path, record: dict, device: str | None = None, dtype: torch.dtype | None = None):
-    """The pipeline a `leakstyle finetune` folder describes, with `pipe.leakstyle_noise` set to the distribution
-    its initial latents come from (the style for noise="style", None = N(0, I) for noise="standard")."""
-    from .pipeline import load_diffusers, load_pipeline
-
-    if record.get("status") != "done":
-        raise LeakstyleError(f"the fine-tune in {folder} has not finished (step {record.get('step')} of "
-                             f"{record['options'].get('steps')}); continue it with leakstyle finetune ... --resume")
-    if record.get("method") == "lora":
-        from diffusers.utils import logging as diffusers_logging
-
-        pipe = load_pipeline(record.get("base_model"), device=device, dtype=dtype)
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # not the note that the text encoder has no LoRA keys (it has none)
-        try:
-            pipe.load_lora_weights(str(folder), weight_name=record.get("lora_file") or LORA_FILE)
-        except Exception as e:  # diffusers/peft raise many types for a bad or mismatched file
-            raise LeakstyleError(f"cannot load the LoRA weights in {folder}: {str(e).strip().splitlines()[0]}") from None
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
-        pipe.leakstyle_lora = True
-    else:
-        pipe = load_diffusers(folder, device=device, dtype=dtype)
-    pipe.leakstyle_noise = load(folder / (record.get("style_file") or STYLE_FILE)) if record.get("noise") == "style" else None
-    return pipe
-
-
-def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistribution | None = None, batch_size: int = 1,
-                          height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
-                          generator: torch.Generator | None = None, color: torch.Tensor | None = None,
-                          strength: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """`latents=` for a model fine-tuned with Diffusion in Style: the UNet's first input is x_T = eps_style.
-
-    eps_style ~ N(mu_style, Sigma_style) = `noise`, drawn first from `generator`. With a leak `style` or `color`
-    (see leak.initial_latents) x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style instead: the leak of
-    x_tilde on top of the model's own noise. Returns x_T over the scheduler's input scale, [B, C, h, w].
-    """
-    C, h, w = latent_shape(pipe, height, width)
-    if noise.channels != C:
-        raise LeakstyleError(f"the fine-tune's style has {noise.channels} channels but the model's latents have {C}")
-    device = device or pipe.unet.device
-    eps_style = noise.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
-    leak = leak_at_first_step(pipe.scheduler, num_inference_steps, warn=False)
-    if style is None and color is None:
-        return eps_style / leak.input_scale
-    if not leak.has_leak:
-        warnings.warn(ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
-        return eps_style / leak.input_scale
-    if style is not None and style.channels != C:
-        raise LeakstyleError(f"the style has {style.channels} channels but the model's latents have {C}; fit it with this model")
-    if color is not None:
-        base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
-        style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
-    x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
-    return x_T(x_tilde, eps_style, leak) / leak.input_scale

@@ -7,6 +7,8 @@ hand over are x_T divided by that input scale (for sigma schedulers: x_tilde + s
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -29,20 +31,69 @@ def vae_factor(pipe) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
 
 
-def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-    """(height, width) in pixels: as given, or the model's native size."""
+def size_multiple(pipe) -> int:
+    """What height and width in pixels must be multiples of.
+
+    Text-to-image pipelines (SD, SDXL) check multiples of 8 whatever the VAE, and the latent must divide evenly:
+    lcm(8, VAE factor). A UNet2DModel downsamples len(down_block_types) - 1 times without padding, so its input
+    needs multiples of 2^(that) (times the VAE factor where there is a VAE)."""
+    factor = vae_factor(pipe)
+    if getattr(pipe, "text_encoder", None) is not None:
+        return math.lcm(8, factor)
+    if type(pipe.unet).__name__ == "UNet2DModel":
+        return factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    return factor
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """The model's own (height, width) in pixels: the UNet's sample size times the VAE factor."""
     sample_size = pipe.unet.config.sample_size
     sample_size = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
-    return height or sample_size[0] * vae_factor(pipe), width or sample_size[1] * vae_factor(pipe)
+    return sample_size[0] * vae_factor(pipe), sample_size[1] * vae_factor(pipe)
+
+
+def check_side(name: str, value, multiple: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1 or value % multiple:
+        raise LeakstyleError(f"{name} must be one of the positive multiples of {multiple} px for this model "
+                             f"({multiple}, {2 * multiple}, {3 * multiple}, ...), got {value!r}")
+
+
+def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels: as given (None: the model's native size), checked to be positive multiples of
+    size_multiple(pipe); 0 is refused, not taken for the default."""
+    native = native_size(pipe)
+    height = native[0] if height is None else height
+    width = native[1] if width is None else width
+    multiple = size_multiple(pipe)
+    check_side("height", height, multiple)
+    check_side("width", width, multiple)
+    return height, width
 
 
 def latent_shape(pipe, height: int | None, width: int | None) -> tuple[int, int, int]:
     """(C, h, w) of the initial latent for an image of height x width pixels (the model's default size if None)."""
     factor = vae_factor(pipe)
     height, width = image_size(pipe, height, width)
-    if height % factor or width % factor:
-        raise LeakstyleError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
     return pipe.unet.config.in_channels, height // factor, width // factor
+
+
+def check_strength(strength) -> None:
+    """strength blends the fitted low frequencies toward the colour's: a finite number in [0, 1]."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
+        raise LeakstyleError(f"strength must be a number from 0 to 1, got {strength!r}")
+
+
+def check_leak_inputs(style: StyleDistribution | None, color, strength: float, channels: int) -> None:
+    """One-line errors for a style or colour (model units [C]) that cannot make a leak for latents of `channels`."""
+    check_strength(strength)
+    if style is not None and style.channels != channels:
+        raise LeakstyleError(f"the style has {style.channels} channels but the model's latents have {channels}; "
+                             f"fit the style with this model")
+    if color is not None:
+        color = torch.as_tensor(color, dtype=torch.float32).reshape(-1)
+        if len(color) != channels or not bool(torch.isfinite(color).all()):
+            raise LeakstyleError(f"the colour in model units must be {channels} finite numbers (one per latent "
+                                 f"channel), got {color.tolist()}; or give '#rrggbb'")
 
 
 def noise(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
@@ -60,17 +111,16 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
     sets the low frequencies (see StyleDistribution.with_color). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
+    A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
     """
     scheduler = scheduler or pipe.scheduler
     C, h, w = latent_shape(pipe, height, width)
+    check_leak_inputs(style, color, strength, C)
+    leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     device = device or pipe.unet.device
     eps = noise((batch_size, C, h, w), generator, device, dtype)
     if style is None and color is None:
         return eps
-    if style is not None and style.channels != C:
-        raise LeakstyleError(f"the style has {style.channels} channels but the model's latents have {C}; "
-                             f"fit the style with this model")
-    leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     if not leak.has_leak:
         warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
         return eps

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import os
-from pathlib import Path
+import warnings
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,65 +20,30 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .distribution import StyleDistribution
-from .encode import color_to_model_units
+from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
-from .finetune import style_initial_latents
-from .leak import image_size, initial_latents
-from .schedulers import make_scheduler
+from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
+from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
+from .loading import EMBEDDED_MODEL, load_diffusers, read_model_index, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
+from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
+from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
+from .seeds import resolve_seed, sampler_seed
 
-EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+NO_LEAK_ACTIONS = ("warn", "raise")
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):
     """A diffusers pipeline from a local folder or a hub id; None loads the embedded miniature model.
 
-    On CUDA the default dtype is float16, on CPU float32. Raises LeakstyleError with one line when the
-    folder is missing or not a diffusers pipeline, or the hub cannot be reached.
+    On CUDA the default dtype is float16, on CPU float32. Raises LeakstyleError with one line when the device
+    cannot be used here, the folder is missing or not a diffusers pipeline, or the hub cannot be reached.
     A `leakstyle finetune` output folder loads as its fine-tuned model (a full pipeline, or the base model with
     the LoRA weights), with `pipe.leakstyle_noise` set to the style distribution x_T is drawn from (see generate).
     """
-    from .finetune import load_finetuned, read_record
-
-    record = read_record(Path(model)) if model is not None and Path(model).is_dir() else None
+    record = finetuned_folder_record(model)
     if record is not None:
-        return load_finetuned(Path(model), record, device=device, dtype=dtype)
+        return load_finetuned(model, record, device=device, dtype=dtype)
     return load_diffusers(model, device=device, dtype=dtype)
-
-
-def load_diffusers(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):
-    """load_pipeline for plain diffusers folders and hub ids (no fine-tune record is read)."""
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-    if model is None:
-        if not (EMBEDDED_MODEL / "model_index.json").exists():
-            raise LeakstyleError(f"the embedded model is not installed at {EMBEDDED_MODEL}; pass --model FOLDER_OR_HUB_ID")
-        model = EMBEDDED_MODEL
-    device = device or default_device()
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    local = Path(model)
-    if local.exists():
-        if not (local / "model_index.json").exists():
-            raise LeakstyleError(f"{local} is not a diffusers pipeline folder (no model_index.json)")
-    elif str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
-        raise LeakstyleError(f"no model folder {model}; give a local diffusers folder or a hub id like org/name")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype)
-    except Exception as e:  # diffusers/hub raise many types; the user needs the one line
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
-        raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def is_text_to_image(pipe) -> bool:
@@ -107,57 +75,179 @@ def noise_name(pipe, baseline: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def using_scheduler(pipe, name: str | None):
-    """pipe.scheduler replaced by the scheduler called `name` (None: kept) inside the block, restored after it."""
+def swapped_scheduler(pipe, scheduler):
+    """pipe.scheduler is `scheduler` inside the block and the pipeline's own again after it."""
     own = pipe.scheduler
-    if name is not None:
-        pipe.scheduler = make_scheduler(name, own.config)
+    pipe.scheduler = scheduler
     try:
         yield
     finally:
         pipe.scheduler = own
 
 
+def check_number(name: str, value, at_least: int | None = None) -> None:
+    """A whole number (at least `at_least`) or, with at_least None, any finite real number."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if at_least is not None:
+        if not whole or value < at_least:
+            raise LeakstyleError(f"{name} must be a whole number of at least {at_least}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise LeakstyleError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
+                           guidance_scale: float = 7.5, strength: float = 1.0, batch_size: int | None = None,
+                           height: int | None = None, width: int | None = None, color=None,
+                           scheduler: str | None = None, timestep_spacing: str | None = None,
+                           on_no_leak: str = "warn") -> int:
+    """The checks of generate that need no model, so a caller can make them before loading one.
+
+    Returns the first seed: `seed`, or a random one for None or -1 (see seeds.resolve_seed)."""
+    check_number("the number of images", num_images, at_least=1)
+    check_number("the number of steps", num_inference_steps, at_least=1)
+    if batch_size is not None:
+        check_number("the batch size", batch_size, at_least=1)
+    check_number("the guidance scale", guidance_scale)
+    check_strength(strength)
+    for name, side in (("height", height), ("width", width)):
+        if side is not None:
+            check_number(name, side, at_least=1)
+    if isinstance(color, str):
+        parse_color(color)
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise LeakstyleError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if timestep_spacing is not None and timestep_spacing not in SPACINGS:
+        raise LeakstyleError(f"unknown timestep spacing {timestep_spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if on_no_leak not in NO_LEAK_ACTIONS:
+        raise LeakstyleError(f"on_no_leak must be one of {', '.join(NO_LEAK_ACTIONS)}, got {on_no_leak!r}")
+    return resolve_seed(seed, num_images)
+
+
+def check_before_loading(model: str | os.PathLike | None, prompt: str | list[str] | None, num_inference_steps: int,
+                         scheduler: str | None = None, timestep_spacing: str | None = None) -> None:
+    """What generate would refuse that the configs of a local model (or fine-tune) folder tell before it is loaded:
+    no prompt for a text-to-image model, a step count its scheduler cannot take. Hub models are checked by
+    generate once loaded."""
+    record = finetuned_folder_record(model)
+    folder = record.get("base_model") if record and record.get("method") == "lora" else model
+    index = read_model_index(folder)
+    if index is None:
+        return
+    text_encoder = index.get("text_encoder")
+    if prompt is None and isinstance(text_encoder, list) and text_encoder and text_encoder[-1] is not None:
+        raise LeakstyleError("this model is text-to-image: give a prompt")
+    own = read_scheduler(folder)
+    if own is not None:
+        leak_at_first_step(choose_scheduler(own, scheduler, timestep_spacing), num_inference_steps, warn=False)
+
+
+def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style, color, strength: float,
+                 negative_prompt: str | None, num_inference_steps: int, guidance_scale: float, height: int, width: int,
+                 progress: bool) -> list[Image.Image]:
+    """One image per seed through pipe (checked inputs): x_T from `start` (initial_latents or style_initial_latents)
+    with a generator seeded by the image's seed, the sampler's own noise from sampler_seed(seed)."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
+                               num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
+                               color=color, strength=strength, device=device, dtype=dtype)
+                         for s in seeds])
+    # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
+    generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
+    if not is_text_to_image(pipe):
+        return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    return pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
+                height=height, width=width, generator=generators).images
+
+
+def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
+                  strength: float = 1.0, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
+                  guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
+                  width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
+                  batch_size: int | None = 4, progress: bool = False, noise: StyleDistribution | None | str = "auto",
+                  on_no_leak: str = "warn") -> Iterator[tuple[int, int, Image.Image]]:
+    """generate, one batch of `batch_size` images at a time: yields (index, seed, image) as each batch finishes.
+
+    Every input is checked when this is called, before any sampling; the images come as the iterator is read.
+    Image i comes from seed + i alone, so it is the same whatever the batch size. See generate for the rest.
+    """
+    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is not None:
+        num_images = len(prompts)
+    seed = check_generate_options(seed=seed, num_images=num_images, num_inference_steps=num_inference_steps,
+                                  guidance_scale=guidance_scale, strength=strength, batch_size=batch_size,
+                                  height=height, width=width, color=color, scheduler=scheduler,
+                                  timestep_spacing=timestep_spacing, on_no_leak=on_no_leak)
+    if is_text_to_image(pipe) and (prompt is None or (prompts is not None and not prompts)):
+        raise LeakstyleError("this model is text-to-image: give a prompt")
+    run_scheduler = choose_scheduler(pipe.scheduler, scheduler, timestep_spacing)
+    height, width = image_size(pipe, height, width)
+    C = latent_shape(pipe, height, width)[0]
+    leak = leak_at_first_step(run_scheduler, num_inference_steps, warn=False)  # refuses steps it cannot take
+    if isinstance(noise, str):
+        noise = getattr(pipe, "leakstyle_noise", None)
+    if isinstance(color, str):
+        color = color_to_model_units(pipe, color)
+    check_leak_inputs(style, color, strength, C)
+    if (style is not None or color is not None) and not leak.has_leak:
+        explanation = ZERO_SNR_EXPLANATION if noise is None else ZERO_SNR_FINETUNED_EXPLANATION
+        if on_no_leak == "raise":
+            raise LeakstyleError(explanation)
+        warnings.warn(explanation, ZeroTerminalSNRWarning, stacklevel=2)
+        style = color = None  # what the leak would give: the pure-noise (or style-noise) start
+    start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
+    label = "leak images" if style is not None or color is not None else (
+        "pure-noise images" if noise is None else "style-noise images")
+    batch_size = batch_size or num_images
+    prompts = prompts or ([prompt] * num_images if prompt is not None else None)
+
+    def batches():
+        with tqdm(total=num_images, desc=label, unit="image", disable=not progress) as bar:
+            for first in range(0, num_images, batch_size):
+                indices = range(first, min(first + batch_size, num_images))
+                seeds = [seed + i for i in indices]
+                with swapped_scheduler(pipe, run_scheduler):
+                    images = sample_batch(pipe, start, seeds, prompts and prompts[first:first + len(seeds)],
+                                          style=style, color=color, strength=strength, negative_prompt=negative_prompt,
+                                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                          height=height, width=width, progress=progress)
+                bar.update(len(seeds))
+                for i, s, image in zip(indices, seeds, images):
+                    image.info["seed"] = s
+                    yield i, s, image
+
+    return batches()
+
+
 def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
-             strength: float = 1.0, seed: int = 0, num_images: int = 1, num_inference_steps: int = 25,
+             strength: float = 1.0, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
-             width: int | None = None, scheduler: str | None = None, progress: bool = False,
-             noise: StyleDistribution | None | str = "auto") -> list[Image.Image]:
+             width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
+             batch_size: int | None = None, progress: bool = False, noise: StyleDistribution | None | str = "auto",
+             on_no_leak: str = "warn") -> list[Image.Image]:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
+    `seed` None or -1 draws a random first seed; each image's seed is in `image.info["seed"]`.
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
 
-    `color` is '#rrggbb' or per-channel model units [C]; `scheduler` a name from schedulers.SCHEDULERS
-    (the pipeline's own scheduler if None). With neither style nor colour this is plain pure-noise sampling.
+    `color` is '#rrggbb' or per-channel model units [C]; `strength` in [0, 1] blends the style's low frequencies
+    toward it. `scheduler` is a name from schedulers.SCHEDULERS (the pipeline's own scheduler if None) and
+    `timestep_spacing` "leading", "trailing" or "linspace" (None: the scheduler config's); both apply to this call
+    only: `pipe.scheduler` is the same object afterwards. With neither style nor colour this is plain pure-noise
+    sampling. `batch_size` images go through the pipeline at a time (None: all at once); see iter_generate.
 
     `noise` is the distribution of the noise the model was trained with: "auto" takes a fine-tuned folder's
     (`pipe.leakstyle_noise`, set by load_pipeline), None means N(0, I). A Diffusion-in-Style model starts from
     x_T = eps_style; `style`/`color` then add their leak: x_T = sqrt(abar_T) x_tilde + sqrt(1 - abar_T) eps_style.
-    `scheduler` applies to this call only: `pipe.scheduler` is the same object afterwards.
+
+    A scheduler with zero terminal SNR leaks nothing: with a style or colour that is a ZeroTerminalSNRWarning and
+    the pure-noise result (`on_no_leak="warn"`), or a LeakstyleError (`on_no_leak="raise"`). Every input that
+    cannot work (steps the scheduler cannot take, sizes, seeds, non-finite numbers) is a LeakstyleError raised
+    before any sampling.
     """
-    with using_scheduler(pipe, scheduler):
-        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
-        if prompts is not None:
-            num_images = len(prompts)
-        if isinstance(color, str):
-            color = color_to_model_units(pipe, color)
-        device, dtype = pipe.unet.device, pipe.unet.dtype
-        if isinstance(noise, str):
-            noise = getattr(pipe, "leakstyle_noise", None)
-        start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
-        latents = torch.cat([
-            start(pipe, style=style, batch_size=1, height=height, width=width, num_inference_steps=num_inference_steps,
-                  generator=torch.Generator(device).manual_seed(seed + i), color=color, strength=strength, device=device,
-                  dtype=dtype)
-            for i in range(num_images)])
-        # Independent generators for the sampler's own noise (ancestral schedulers), the same with and without a style.
-        generators = [torch.Generator(device).manual_seed(seed + i + 1_000_003) for i in range(num_images)]
-        if not is_text_to_image(pipe):
-            return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
-        if prompt is None:
-            raise LeakstyleError("this model is text-to-image: give a prompt")
-        pipe.set_progress_bar_config(disable=not progress, leave=False)
-        height, width = image_size(pipe, height, width)
-        return pipe(prompt=prompts or [prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                    height=height, width=width, generator=generators).images
+    return [image for _, _, image in iter_generate(
+        pipe, prompt, style=style, color=color, strength=strength, seed=seed, num_images=num_images,
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+        height=height, width=width, scheduler=scheduler, timestep_spacing=timestep_spacing, batch_size=batch_size,
+        progress=progress, noise=noise, on_no_leak=on_no_leak)]

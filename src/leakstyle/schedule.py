@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
 import torch
+
+from .errors import LeakstyleError
 
 # Below this abar_T the leaked signal is numerically nothing (zero-terminal-SNR schedules set it to 2**-24).
 ZERO_SNR_ABAR = 1e-6
@@ -75,15 +78,76 @@ def abar_from_sigma(sigma: float) -> float:
     return 1.0 / (1.0 + sigma * sigma)
 
 
+def fewest_steps(scheduler) -> int:
+    """PNDM with its Runge-Kutta warm-up (skip_prk_steps false) needs pndm_order (4) steps; the rest take one."""
+    if hasattr(scheduler, "pndm_order") and not scheduler.config.get("skip_prk_steps", False):
+        return scheduler.pndm_order
+    return 1
+
+
+def most_steps_bound(scheduler) -> int:
+    """No more steps than training timesteps, and for LCM no more than its original_inference_steps."""
+    bound = scheduler.config.num_train_timesteps
+    original = scheduler.config.get("original_inference_steps")
+    return min(bound, original) if original else bound
+
+
+def schedule_fits(scheduler, num_inference_steps: int):
+    """A copy of `scheduler` set to `num_inference_steps` steps, or None when its schedule leaves the training range.
+
+    None when set_timesteps refuses, when a timestep of an abar_t schedule reaches num_train_timesteps ("leading"
+    spacing with steps_offset 1 at 1000 steps of 1000 starts at t = 1000, past alphas_cumprod), or when the timesteps
+    collapse onto one value (a step ratio of 0). Flow-matching timesteps run to num_train_timesteps by design."""
+    scheduler = copy.deepcopy(scheduler)
+    try:
+        scheduler.set_timesteps(num_inference_steps, device="cpu")
+    except (ValueError, IndexError, ZeroDivisionError):
+        return None
+    timesteps = scheduler.timesteps.double()
+    past_the_end = hasattr(scheduler, "alphas_cumprod") and float(timesteps.max()) > len(scheduler.alphas_cumprod) - 1
+    if past_the_end or float(timesteps.min()) < 0:
+        return None
+    if num_inference_steps > 1 and len(torch.unique(timesteps)) < 2:
+        return None
+    return scheduler
+
+
+def allowed_steps(scheduler) -> tuple[int, int]:
+    """(fewest, most) inference steps `scheduler` can take with its config (spacing, offset, training timesteps)."""
+    lo, hi = fewest_steps(scheduler), most_steps_bound(scheduler)
+    while hi > lo and schedule_fits(scheduler, hi) is None:
+        hi -= 1
+    return lo, hi
+
+
+def scheduled(scheduler, num_inference_steps: int):
+    """A copy of `scheduler` with its timesteps set for `num_inference_steps` steps (the caller's is untouched).
+
+    A step count it cannot take is a LeakstyleError that gives the range it can."""
+    n = num_inference_steps
+    fits = None
+    whole = isinstance(n, numbers.Integral) and not isinstance(n, bool)
+    if whole and fewest_steps(scheduler) <= n <= most_steps_bound(scheduler):
+        fits = schedule_fits(scheduler, int(n))
+    if fits is None:
+        lo, hi = allowed_steps(scheduler)
+        config = scheduler.config
+        raise LeakstyleError(f"{type(scheduler).__name__} cannot take {n!r} steps with this model's schedule "
+                             f"({config.num_train_timesteps} training timesteps, spacing "
+                             f"{config.get('timestep_spacing', 'leading')}, steps_offset {config.get('steps_offset', 0)}); "
+                             f"choose from {lo} to {hi} steps")
+    return fits
+
+
 def leak_at_first_step(scheduler, num_inference_steps: int, warn: bool = True) -> Leak:
     """Find T, abar_T and the UNet input scale of `scheduler` run for `num_inference_steps` steps.
 
     Works on a copy, so the caller's scheduler is untouched. VP schedulers (DDIM, PNDM, DDPM, UniPC, LCM)
     read abar_T = alphas_cumprod[T]; schedulers that keep sigmas (Euler, LMS, Heun, DPM-Solver) read it from
     sigma_T, which is what their update uses (the two agree wherever T is an integer timestep).
+    A step count the scheduler cannot take is a LeakstyleError (see `scheduled`).
     """
-    scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    scheduler = scheduled(scheduler, num_inference_steps)
     t0 = scheduler.timesteps[0]
     T = int(round(float(t0)))
     sigmas = getattr(scheduler, "sigmas", None)
