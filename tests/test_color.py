@@ -55,3 +55,46 @@ def test_with_lightness_without_style_or_colour_is_neutral_grey(sd):
         color.with_lightness(sd, 120.0)
 
 
+
+
+# -- the API -----------------------------------------------------------------------------------------
+def first_inputs(pipe, mode, seeds=(0, 1), **kw):
+    """The UNet's first input (conditional half) for each seed, generating with colour mode `mode`."""
+    from leakstyle.pipeline import generate
+
+    out = []
+    for s in seeds:
+        inputs = []
+        handle = pipe.unet.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+        try:
+            generate(pipe, "a", color="#808080", color_mode=mode, num_inference_steps=3, guidance_scale=2.0, seed=s, **kw)
+        finally:
+            handle.remove()
+        out.append(inputs[0][:1])
+    return out
+
+
+def test_calibrated_mode_gives_every_seed_the_same_dc_sqrt_abar_times_the_colour(sd):
+    from leakstyle.encode import color_to_model_units
+    from leakstyle.schedule import leak_at_first_step
+
+    leak = leak_at_first_step(sd.scheduler, 3, warn=False)
+    z = color_to_model_units(sd, "#808080")
+    a, b = first_inputs(sd, "calibrated")
+    assert torch.allclose(a.mean((2, 3))[0], leak.sqrt_abar_T * z, atol=1e-4)
+    assert torch.allclose(b.mean((2, 3))[0], leak.sqrt_abar_T * z, atol=1e-4)
+    raw_a, raw_b = first_inputs(sd, "raw")
+    assert not torch.allclose(raw_a.mean((2, 3)), raw_b.mean((2, 3)), atol=1e-3)  # raw: the noise's DC stays
+
+
+def test_calibrated_and_raw_differ_only_in_the_dc(sd):
+    (cal,), (raw,) = first_inputs(sd, "calibrated", seeds=(3,)), first_inputs(sd, "raw", seeds=(3,))
+    assert torch.allclose(cal - cal.mean((2, 3), keepdim=True), raw - raw.mean((2, 3), keepdim=True), atol=1e-4)
+    assert not torch.allclose(cal.mean((2, 3)), raw.mean((2, 3)), atol=1e-3)
+
+
+def test_generate_refuses_an_unknown_colour_mode(sd):
+    from leakstyle.pipeline import generate
+
+    with pytest.raises(LeakstyleError, match="colour mode"):
+        generate(sd, "a", color="#808080", color_mode="magic", num_inference_steps=2)

@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from .color import check_color_mode, noise_dc_correction
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
 from .schedule import ZERO_SNR_EXPLANATION, Leak, ZeroTerminalSNRWarning, leak_at_first_step
@@ -104,11 +105,12 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     width: int | None = None, num_inference_steps: int = 50,
                     generator: torch.Generator | None = None, scheduler=None,
                     color: torch.Tensor | None = None, strength: float = 1.0,
-                    device=None, dtype=torch.float32) -> torch.Tensor:
+                    device=None, dtype=torch.float32, color_mode: str = "calibrated") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
     Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
-    sets the low frequencies (see StyleDistribution.with_color). With neither style nor colour, returns eps:
+    sets the low frequencies (see StyleDistribution.with_color); `color_mode` "calibrated" also cancels the
+    noise's own DC (leakstyle.color), "raw" does not (the paper). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
     A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
@@ -116,6 +118,7 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
     scheduler = scheduler or pipe.scheduler
     C, h, w = latent_shape(pipe, height, width)
     check_leak_inputs(style, color, strength, C)
+    check_color_mode(color_mode)
     leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     device = device or pipe.unet.device
     eps = noise((batch_size, C, h, w), generator, device, dtype)
@@ -128,4 +131,6 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
         base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
         style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
     x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    if color is not None and color_mode == "calibrated":
+        x_tilde += noise_dc_correction(eps, leak, strength)
     return x_T(x_tilde, eps, leak, scale=leak.input_scale)
