@@ -51,7 +51,7 @@ def test_with_lightness_without_style_or_colour_is_neutral_grey(sd):
 
     lab = metrics.color_to_lab(color.with_lightness(sd, 30.0))
     assert abs(lab[0] - 30.0) < 1.0 and abs(lab[1]) < 1.0 and abs(lab[2]) < 1.0
-    with pytest.raises(LeakstyleError, match="between 0 and 100"):
+    with pytest.raises(LeakstyleError, match="from 0 .black. to 100"):
         color.with_lightness(sd, 120.0)
 
 

@@ -42,6 +42,12 @@ def noise_dc_correction(eps: torch.Tensor, leak: Leak, share: float = 1.0,
     return -share * (leak.sqrt_one_minus_abar_T / leak.sqrt_abar_T) * dc
 
 
+def check_lightness(lightness) -> None:
+    """CIELAB L*: a finite number from 0 (black) to 100 (white)."""
+    if isinstance(lightness, bool) or not isinstance(lightness, (int, float)) or not 0.0 <= float(lightness) <= 100.0:
+        raise LeakstyleError(f"brightness is CIELAB L* from 0 (black) to 100 (white), got {lightness!r}")
+
+
 def with_lightness(pipe, lightness: float, style=None, color: str | None = None) -> str:
     """The '#rrggbb' colour of CIELAB lightness L* = `lightness` (0 black .. 100 white) with the hue and chroma
     (a*, b*) of `color`, else of the style's mean colour (its channel means decoded by the VAE), else neutral grey
@@ -51,8 +57,7 @@ def with_lightness(pipe, lightness: float, style=None, color: str | None = None)
     from . import metrics
     from .encode import model_units_to_rgb, to_hex, vae_of
 
-    if not 0.0 <= float(lightness) <= 100.0:
-        raise LeakstyleError(f"brightness is CIELAB L* between 0 and 100, got {lightness}")
+    check_lightness(lightness)
     if color is not None:
         lab = metrics.color_to_lab(color)
     elif style is not None:
