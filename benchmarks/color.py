@@ -2,79 +2,58 @@
 
     python benchmarks/color.py [--quick]      # also run by benchmarks/run.py (figure "color")
 
-4a. A calibrated generation (noise-cancelled DC + one probe of PROBE_STEPS steps per image) against the same
-    generation in raw mode, interleaved, one image at 25 steps on the embedded model (target <= 1.5).
-4b. The one-time calibration of a model against one uncalibrated single-image generation (target <= 200).
-4c. The fingerprint that keys the calibration cache: its time on the embedded model, per tensor, and extrapolated
-    to Stable Diffusion 1.5 (about 1,900 tensors in UNet, VAE and text encoder).
+4a. A generation with --color in calibrated mode against the same generation in raw mode, interleaved (target <= 1.5):
+    the embedded model, one image at 25 steps (--quick: a tiny random model at 4 steps).
+4b. The initial latent alone, calibrated / raw: what the noise-DC correction adds (one mean per image).
+Calibrated mode has no per-model calibration run, so there is nothing to cache and no calibration time to bound.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-SD15_TENSORS = 1900  # state_dict entries of SD 1.5's UNet (686 parameters + buffers), VAE and CLIP text encoder, rounded up
 
 
 def figure_color(quick: bool):
     import torch
 
-    from leakstyle import color
+    from leakstyle.encode import color_to_model_units
+    from leakstyle.leak import initial_latents
     from leakstyle.pipeline import generate, load_pipeline
     from leakstyle.testing import tiny_sd
     from run import Row, interleaved, median, ms, paired_ratio, ratio_spread
 
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["LEAKSTYLE_CACHE"] = tmp  # a fresh cache: 4b times a real calibration
         if quick:
-            pipe, what, steps, samples = load_pipeline(tiny_sd(Path(tmp) / "sd"), device="cpu"), "tiny random SD", 10, 16
+            pipe, what, steps = load_pipeline(tiny_sd(Path(tmp) / "sd"), device="cpu"), "tiny random SD", 4
         else:
-            pipe, what, steps, samples = load_pipeline(None, device="cpu"), "embedded mini-sd, 64 px", 25, None
-        prompt, rgb = "grinning face", "#505050"
+            pipe, what, steps = load_pipeline(None, device="cpu"), "embedded mini-sd, 64 px", 25
 
-        def gen(mode):
-            return lambda: generate(pipe, prompt, color=rgb, color_mode=mode, seed=0, num_inference_steps=steps)
+    def gen(mode):
+        return lambda: generate(pipe, "grinning face", color="#505050", color_mode=mode, seed=0, num_inference_steps=steps)
 
-        # 4b first: the calibration this process then reuses for 4a.
-        single = interleaved({"raw": gen("raw")}, rounds=3 if quick else 5, warmup=1)["raw"]
-        from leakstyle.leak import latent_shape
-        from leakstyle.schedule import leak_at_first_step
+    z = color_to_model_units(pipe, "#505050")
 
-        _, h, w = latent_shape(pipe, None, None)
-        leak = leak_at_first_step(pipe.scheduler, steps, warn=False)
-        t0 = time.perf_counter()
-        color.calibration(pipe, leak, 7.5, h, w, samples=samples)
-        calibration_s = time.perf_counter() - t0
-        n_cal = samples or color.CALIBRATION_SAMPLES
-        t = interleaved({"raw": gen("raw"), "calibrated": gen("calibrated")}, rounds=4 if quick else 15)
-        fingerprint = interleaved({"fp": lambda: color.weights_fingerprint(pipe)}, rounds=3 if quick else 10)["fp"]
-        tensors = sum(len(getattr(pipe, n).state_dict()) for n in ("unet", "vae", "text_encoder", "text_encoder_2")
-                      if getattr(pipe, n, None) is not None)
-        del os.environ["LEAKSTYLE_CACHE"]
+    def start(mode):
+        return lambda: initial_latents(pipe, None, num_inference_steps=steps, color=z, color_mode=mode,
+                                       generator=torch.Generator().manual_seed(0))
 
+    t = interleaved({"raw": gen("raw"), "calibrated": gen("calibrated")}, rounds=4 if quick else 15)
+    init = interleaved({"raw": start("raw"), "calibrated": start("calibrated")}, rounds=50 if quick else 300)
     ratio = paired_ratio(t["calibrated"], t["raw"])
     low, high = ratio_spread(t["calibrated"], t["raw"])
-    cal_ratio = calibration_s / statistics.median(single)
-    per_tensor = median(fingerprint) / tensors
     rows = [
-        Row(f"4a. calibrated colour / raw colour generation, wall ({what}, 1 image, {steps} steps)",
-            f"{median(t['calibrated']):.3g} s", f"{median(t['raw']):.3g} s", ratio, f"<= 1.5 (IQR {low:.3g}-{high:.3g})",
-            ratio <= 1.5),
-        Row(f"4b. one-time calibration ({n_cal} probes) / one raw single-image generation", f"{calibration_s:.3g} s",
-            f"{statistics.median(single):.3g} s", cal_ratio, "<= 200", cal_ratio <= 200),
-        Row(f"4c. weights fingerprint (cache key), {tensors} tensors", ms(median(fingerprint)),
-            f"SD 1.5 (~{SD15_TENSORS} tensors): ~{ms(per_tensor * SD15_TENSORS)}", None, "-", None),
+        Row(f"4a. generate --color calibrated / raw, wall ({what}, 1 image, {steps} steps)",
+            f"{median(t['calibrated']):.3g} s", f"{median(t['raw']):.3g} s", ratio,
+            f"<= 1.5 (IQR {low:.3g}-{high:.3g})", ratio <= 1.5),
+        Row("4b. initial latent with a colour, calibrated / raw", ms(median(init["calibrated"])), ms(median(init["raw"])),
+            paired_ratio(init["calibrated"], init["raw"]), "-", None),
     ]
-    details = {"model": what, "steps": steps, "calibration_samples": n_cal, "calibration_s": calibration_s,
-               "single_generation_s": single, "wall_s": t, "fingerprint_s": fingerprint, "tensors": tensors}
-    return rows, details
+    return rows, {"model": what, "steps": steps, "wall_s": t, "initial_latent_s": init}
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@
 2. Generation with a style against the same generation without one.
 3. Fitting: (a) peak memory as the image count grows, against keeping every latent;
    (b) accumulating the moments against encoding the images with a VAE.
+4. Calibrated colour control against raw colour control (benchmarks/color.py).
 
 Timings interleave baseline and candidate in the same process and report medians; ratios are medians of
 the per-round ratios. Results also go to benchmarks/out/results.json. See benchmarks/README.md.
@@ -486,8 +487,15 @@ def figure_fit_time(quick: bool) -> tuple[list[Row], dict]:
 
 
 # -- main ---------------------------------------------------------------------------------------------
+def figure_color(quick: bool):
+    """4. Calibrated colour control against raw (benchmarks/color.py)."""
+    from color import figure_color as figure
+
+    return figure(quick)
+
+
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
-           "fit_time": figure_fit_time}
+           "fit_time": figure_fit_time, "color": figure_color}
 
 
 def main(argv: list[str] | None = None) -> int:
