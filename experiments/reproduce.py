@@ -157,7 +157,7 @@ def flat_img2img(pipe, prompts, rgb: str, strength: float, seed: int, steps: int
 
 
 def colour_control(pipe, colors, prompts, gen, n_boot: int, seed: int, steps: int, guidance: float, out: Path,
-                   img2img_prompts: int | None = None):
+                   img2img_prompts: int | None = None, only: set[str] | None = None):
     """CIEDE2000 between each requested colour and the border (and whole-image mean) of images made for it by each
     method, over the prompt/seed pairs (prompt i, seed + i); pooled medians and 90th percentiles with bootstrap intervals."""
     from leakstyle.report import mean_border_hex
@@ -170,6 +170,8 @@ def colour_control(pipe, colors, prompts, gen, n_boot: int, seed: int, steps: in
     for s in IMG2IMG_STRENGTHS:
         methods[f"flat-colour img2img {s:g}"] = (
             lambda c, s=s: flat_img2img(pipe, prompts[:k], c, s, seed, steps, guidance))
+    if only:
+        methods = {m: make for m, make in methods.items() if m in only or m.rsplit(" ", 1)[0] in only}
     rows = {c: {} for c in colors}
     pooled = {m: {"border": [], "whole": []} for m in methods}
     for m, make in methods.items():
@@ -297,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--experiments", default="bias,colour,style",
                    help="which to run, comma-separated (default all three; colour alone needs no emoji data)")
     p.add_argument("--color-pairs", type=int, default=len(COLOR_PROMPTS), help="prompt/seed pairs per colour (default 16)")
+    p.add_argument("--color-methods", default=None, help="only these rows of the colour experiment, comma-separated: "
+                   "calibrated, raw, pure noise, flat-colour img2img (default all)")
     p.add_argument("--img2img-pairs", type=int, default=None, help="prompt/seed pairs per colour for the img2img rows "
                    "(default: --color-pairs)")
     args = p.parse_args(argv)
@@ -342,7 +346,8 @@ def main(argv=None) -> int:
             lines += part
         if "colour" in wanted:
             results["colour_control"], part = colour_control(pipe, colors, color_prompts, gen, args.n_boot, args.seed,
-                                                             args.steps, args.guidance, out, args.img2img_pairs)
+                                                             args.steps, args.guidance, out, args.img2img_pairs,
+                                                             set(args.color_methods.split(",")) if args.color_methods else None)
             print("\n".join(part), flush=True)
             lines += part
         if "style" in wanted:

@@ -2,7 +2,7 @@
 
 The paper's direct setting ("raw") puts the encoding z* of a flat colour in the DC of x_tilde. The UNet, though,
 reads the DC of x_T = a x_tilde + b eps (a = sqrt(abar_T), b = sqrt(1 - abar_T)), and at the first step the noise's
-own DC is as large as the leaked one: for SD's schedule at 25 steps b / a = 12.4, and mean_hw(eps) has standard
+own DC is as large as the leaked one: for SD's schedule at 25 DDIM steps b / a = 11.7, and mean_hw(eps) has standard
 deviation 1 / sqrt(hw) per channel, so a 16 x 16 latent gets a random colour offset of 11.7 / 16 = 0.73 latent
 units, the size of the whole colour range. Calibrated mode cancels it, per image:
 
