@@ -1,10 +1,10 @@
 """The cost of calibrated colour control (leakstyle.color), as ratios measured in one process.
 
-    python benchmarks/color.py [--quick]      # also run by benchmarks/run.py (figure "color")
+    python benchmarks/color.py [--quick]      # also run by benchmarks/run.py (figure 5, "color")
 
-4a. A generation with --color in calibrated mode against the same generation in raw mode, interleaved (target <= 1.5):
+5a. A generation with --color in calibrated mode against the same generation in raw mode, interleaved (target <= 1.5):
     the embedded model, one image at 25 steps (--quick: a tiny random model at 4 steps).
-4b. The initial latent alone, calibrated / raw: what the noise-DC correction adds (one mean per image).
+5b. The initial latent alone, calibrated / raw: what the noise-DC correction adds (one mean per image).
 Calibrated mode has no per-model calibration run, so there is nothing to cache and no calibration time to bound.
 """
 
@@ -47,10 +47,10 @@ def figure_color(quick: bool):
     ratio = paired_ratio(t["calibrated"], t["raw"])
     low, high = ratio_spread(t["calibrated"], t["raw"])
     rows = [
-        Row(f"4a. generate --color calibrated / raw, wall ({what}, 1 image, {steps} steps)",
+        Row(f"5a. generate --color calibrated / raw, wall ({what}, 1 image, {steps} steps)",
             f"{median(t['calibrated']):.3g} s", f"{median(t['raw']):.3g} s", ratio,
             f"<= 1.5 (IQR {low:.3g}-{high:.3g})", ratio <= 1.5),
-        Row("4b. initial latent with a colour, calibrated / raw", ms(median(init["calibrated"])), ms(median(init["raw"])),
+        Row("5b. initial latent with a colour, calibrated / raw", ms(median(init["calibrated"])), ms(median(init["raw"])),
             paired_ratio(init["calibrated"], init["raw"]), "-", None),
     ]
     return rows, {"model": what, "steps": steps, "wall_s": t, "initial_latent_s": init}
