@@ -105,12 +105,12 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     width: int | None = None, num_inference_steps: int = 50,
                     generator: torch.Generator | None = None, scheduler=None,
                     color: torch.Tensor | None = None, strength: float = 1.0,
-                    device=None, dtype=torch.float32, color_mode: str = "calibrated") -> torch.Tensor:
+                    device=None, dtype=torch.float32, color_mode: str = "raw") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
     Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
-    sets the low frequencies (see StyleDistribution.with_color); `color_mode` "calibrated" also cancels the
-    noise's own DC (leakstyle.color), "raw" does not (the paper). With neither style nor colour, returns eps:
+    sets the low frequencies (see StyleDistribution.with_color); `color_mode` "raw" (the default here: the
+    paper's math) does no more, "calibrated" also cancels the noise's own DC (leakstyle.color; generate's default). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
     A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
