@@ -9,6 +9,7 @@
 3. Fitting: (a) peak memory as the image count grows, against keeping every latent;
    (b) accumulating the moments against encoding the images with a VAE.
 4. The ComfyUI node pack's nodes against a KSampler run on the embedded model (benchmarks/comfy_overhead.py).
+5. Calibrated colour control against raw colour control (benchmarks/color.py).
 
 Timings interleave baseline and candidate in the same process and report medians; ratios are medians of
 the per-round ratios. Results also go to benchmarks/out/results.json. See benchmarks/README.md.
@@ -505,9 +506,19 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
     return rows, {k: v for k, v in m.items()}
 
 
+# -- 5. calibrated colour control --------------------------------------------------------------------
+def figure_color(quick: bool):
+    """5. Calibrated colour control against raw (benchmarks/color.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from color import figure_color as figure
+
+    return figure(quick)
+
+
 # -- main ---------------------------------------------------------------------------------------------
+
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
-           "fit_time": figure_fit_time, "comfy": figure_comfy}
+           "fit_time": figure_fit_time, "comfy": figure_comfy, "color": figure_color}
 
 
 def main(argv: list[str] | None = None) -> int:

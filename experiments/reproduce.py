@@ -121,53 +121,128 @@ def bias(pipe, data: Path, n: int, size, gen, n_boot: int, seed: int, out: Path,
     return result, lines, style, captions, noise_images
 
 
-def colour_control(pipe, colors, per_color: int, captions, noise_images, style, gen, n_boot: int, seed: int, out: Path):
+# Held out from the calibration (leakstyle.color.CALIBRATION_PROMPTS, random colours): 16 prompts, some of
+# large objects that cover most of the image, and the 16 colours of COLOR_GRID.
+COLOR_PROMPTS = ("full moon", "red apple", "globe showing americas", "black large square", "white large square",
+                 "large blue circle", "sunflower", "basketball", "hot beverage", "house", "pile of poo", "crown",
+                 "alien", "four leaf clover", "soccer ball", "face with tears of joy")
+IMG2IMG_STRENGTHS = (0.9, 0.95, 1.0)
+
+
+def img2img_steps(strength: float, steps: int) -> int:
+    """The num_inference_steps at which img2img at `strength` runs exactly `steps` denoising steps."""
+    n = next(n for n in range(steps, 10 * steps) if int(n * strength) >= steps)
+    if int(n * strength) != steps:
+        raise ValueError(f"no step count runs exactly {steps} steps at strength {strength}")
+    return n
+
+
+def flat_img2img(pipe, prompts, rgb: str, strength: float, seed: int, steps: int, guidance: float):
+    """What ComfyUI users do today: encode a flat image of the colour and denoise it at `strength`, image i from
+    seed + i, with `steps` denoising steps actually run."""
+    from diffusers import AutoPipelineForImage2Image
+    from PIL import Image
+
+    from leakstyle.encode import parse_color
+
+    from leakstyle.leak import image_size
+
+    i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+    i2i.set_progress_bar_config(disable=True)
+    height, width = image_size(pipe)
+    flat = Image.new("RGB", (width, height), parse_color(rgb))
+    gens = [torch.Generator(pipe.unet.device).manual_seed(seed + i) for i in range(len(prompts))]
+    return i2i(prompt=list(prompts), image=[flat] * len(prompts), strength=strength, guidance_scale=guidance,
+               num_inference_steps=img2img_steps(strength, steps), generator=gens).images
+
+
+def colour_control(pipe, colors, prompts, gen, n_boot: int, seed: int, steps: int, guidance: float, out: Path,
+                   img2img_prompts: int | None = None, only: set[str] | None = None):
+    """CIEDE2000 between each requested colour and the border (and whole-image mean) of images made for it by each
+    method, over the prompt/seed pairs (prompt i, seed + i); pooled medians and 90th percentiles with bootstrap intervals."""
     from leakstyle.report import mean_border_hex
 
-    prompts, baseline = captions[:per_color], noise_images[:per_color]
-    rows, pooled = {}, {"leak": [], "pure noise": []}
-    for c in colors:
-        images = gen(prompts, style=style, color=c)
-        errors = {"leak": metrics.color_errors(images, c, "border"), "pure noise": metrics.color_errors(baseline, c, "border")}
-        for k, e in errors.items():
-            pooled[k].append(e)
-        rows[c] = {k: {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9))} for k, e in errors.items()}
-        rows[c]["obtained"] = mean_border_hex(images)
-    summary = {}
-    for k, parts in pooled.items():
-        stat = lambda e: {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9))}  # noqa: E731
-        summary[k] = metrics.bootstrap(stat, (np.concatenate(parts),), n_boot, seed=seed)
-    plot_colour_grid(rows, out / "colors.png")
+    methods = {"calibrated": lambda c: gen(prompts, color=c, color_mode="calibrated"),
+               "raw": lambda c: gen(prompts, color=c, color_mode="raw")}
+    noise_images = []
+    methods["pure noise"] = lambda c: noise_images or noise_images.extend(gen(prompts)) or noise_images
+    k = img2img_prompts or len(prompts)
+    for s in IMG2IMG_STRENGTHS:
+        methods[f"flat-colour img2img {s:g}"] = (
+            lambda c, s=s: flat_img2img(pipe, prompts[:k], c, s, seed, steps, guidance))
+    if only:
+        methods = {m: make for m, make in methods.items() if m in only or m.rsplit(" ", 1)[0] in only}
+    rows = {c: {} for c in colors}
+    pooled = {m: {"border": [], "whole": []} for m in methods}
+    for m, make in methods.items():
+        started = time.perf_counter()
+        for c in colors:
+            images = make(c)
+            border, whole = metrics.color_errors(images, c, "border"), metrics.color_errors(images, c)
+            pooled[m]["border"].append(border)
+            pooled[m]["whole"].append(whole)
+            rows[c][m] = {"obtained": mean_border_hex(images), "border": border.tolist(), "whole": whole.tolist(),
+                          "median": metrics.bootstrap(np.median, (border,), n_boot, seed=seed)}
+        b, w = np.concatenate(pooled[m]["border"]), np.concatenate(pooled[m]["whole"])
+        print(f"[colour: {m}, {time.perf_counter() - started:.0f} s: border median {np.median(b):.1f} p90 "
+              f"{np.quantile(b, 0.9):.1f}, whole-image median {np.median(w):.1f} p90 {np.quantile(w, 0.9):.1f}; per colour "
+              + ", ".join(f"{c} {rows[c][m]['obtained']} {np.median(rows[c][m]['border']):.1f}" for c in colors) + "]",
+              file=sys.stderr, flush=True)
+    stat = lambda e: {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9))}  # noqa: E731
+    summary = {m: {where: metrics.bootstrap(stat, (np.concatenate(parts[where]),), n_boot, seed=seed)
+                   for where in ("border", "whole")} for m, parts in pooled.items()}
+    plot_colour_grid(rows, list(methods), out / "colors.png")
+    n_i2i = f"{k} prompts" if k != len(prompts) else "the same prompts"
     lines = ["## 2. Colour control", "",
-             f"{len(colors)} requested colours x {per_color} images: the leak of experiment 1 with its low frequencies set "
-             f"to the colour, against the same captions and seeds from pure noise. CIEDE2000 between the requested colour "
-             f"and the mean colour of each image's {metrics.BORDER}-pixel border (the background).", "",
-             "| start | median CIEDE2000 | 90th percentile |", "|---|---|---|"]
-    for k in ("leak", "pure noise"):
-        lines.append(f"| {k} | {cell(summary[k]['median'], '.1f')} | {cell(summary[k]['p90'], '.1f')} |")
-    lines += ["", "| requested | obtained (leak) | leak median | leak p90 | pure noise median | pure noise p90 |",
-              "|---|---|---|---|---|---|"]
+             f"{len(colors)} requested colours x {len(prompts)} prompt/seed pairs (prompt i with seed {seed} + i), prompts and "
+             f"colours held out from the calibration. CIEDE2000 between the requested colour and the mean colour of each "
+             f"image's {metrics.BORDER}-pixel border (the background), and of the whole image. *calibrated*: "
+             f"`color_mode=\"calibrated\"` (leakstyle.color); *raw*: the DC of x~ set to the encoding of the colour "
+             f"(the paper); *pure noise*: the same prompts and seeds without a leak; *flat-colour img2img s*: a flat "
+             f"image of the colour encoded and denoised at strength s with {steps} denoising steps run ({n_i2i}).", "",
+             "| method | border median | border p90 | whole-image median | whole-image p90 |", "|---|---|---|---|---|"]
+    for m in methods:
+        b, w = summary[m]["border"], summary[m]["whole"]
+        lines.append(f"| {m} | {cell(b['median'], '.1f')} | {cell(b['p90'], '.1f')} | {cell(w['median'], '.1f')} | "
+                     f"{cell(w['p90'], '.1f')} |")
+    lines += ["", "| requested | " + " | ".join(f"{m}: obtained, median" for m in methods) + " |",
+              "|---|" + "---|" * len(methods)]
     for c, r in rows.items():
-        lines.append(f"| {c} | {r['obtained']} | {r['leak']['median']:.1f} | {r['leak']['p90']:.1f} | "
-                     f"{r['pure noise']['median']:.1f} | {r['pure noise']['p90']:.1f} |")
-    lines += ["", "![requested and obtained colours](colors.png)", ""]
-    return {"summary": summary, "colors": rows}, lines
+        lines.append(f"| {c} | " + " | ".join(f"{r[m]['obtained']} {r[m]['median'].estimate:.1f}" for m in methods) + " |")
+    lines += ["", "![requested and obtained colours per method](colors.png)", ""]
+    return {"summary": summary, "colors": rows, "prompts": list(prompts)}, lines
 
 
-def plot_colour_grid(rows: dict, path: Path) -> None:
+def plot_colour_grid(rows: dict, methods: list[str], path: Path) -> None:
+    """Top: the requested colour and the mean border colour each method obtained. Bottom: median CIEDE2000 per
+    colour and method with its 95% bootstrap interval."""
     from leakstyle.report import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 1.5), 2.2))
-    for i, (c, r) in enumerate(rows.items()):
-        ax.add_patch(plt.Rectangle((i, 1), 0.9, 0.9, color=c, ec="black", lw=0.5))
-        ax.add_patch(plt.Rectangle((i, 0), 0.9, 0.9, color=r["obtained"], ec="black", lw=0.5))
-        ax.text(i + 0.45, -0.3, f"{r['leak']['median']:.0f}", ha="center", fontsize=7)
-    ax.set_xlim(-0.1, len(rows))
-    ax.set_ylim(-0.5, 2)
-    ax.set_yticks([1.45, 0.45], ["requested", "obtained"])
-    ax.set_xticks([])
-    ax.set_title("requested vs mean border colour from the leak (numbers: median CIEDE2000)", fontsize=8)
+    colors = list(rows)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.7 * len(colors) + 2.5), 2.2 + 0.45 * len(methods) + 2.6),
+                                      height_ratios=(0.45 * (len(methods) + 1), 2.6))
+    labels = ["requested"] + methods
+    for i, c in enumerate(colors):
+        for j, label in enumerate(labels):
+            fill = c if label == "requested" else rows[c][label]["obtained"]
+            top.add_patch(plt.Rectangle((i, len(labels) - 1 - j), 0.9, 0.9, color=fill, ec="black", lw=0.5))
+    top.set_xlim(-0.1, len(colors))
+    top.set_ylim(-0.1, len(labels))
+    top.set_yticks([len(labels) - 1 - j + 0.45 for j in range(len(labels))], labels, fontsize=7)
+    top.set_xticks([])
+    top.set_title("requested colour and mean border colour obtained", fontsize=8)
+    x = np.arange(len(colors))
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        med = np.array([rows[c][m]["median"].estimate for c in colors])
+        lo = np.array([rows[c][m]["median"].low for c in colors])
+        hi = np.array([rows[c][m]["median"].high for c in colors])
+        bottom.errorbar(x - 0.4 + (j + 0.5) * width, med, yerr=[med - lo, hi - med], fmt="o", ms=3, capsize=2, label=m)
+    bottom.axhline(10, color="gray", lw=0.5, ls="--")
+    bottom.set_xticks(x, colors, fontsize=7, rotation=30)
+    bottom.set_ylabel("median CIEDE2000 (border)", fontsize=8)
+    bottom.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -221,13 +296,24 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--data", type=Path, default=ROOT / "training" / "data")
     p.add_argument("--out", type=Path, default=None, help="default experiments/results (experiments/results/quick with --quick)")
+    p.add_argument("--experiments", default="bias,colour,style",
+                   help="which to run, comma-separated (default all three; colour alone needs no emoji data)")
+    p.add_argument("--color-pairs", type=int, default=len(COLOR_PROMPTS), help="prompt/seed pairs per colour (default 16)")
+    p.add_argument("--color-methods", default=None, help="only these rows of the colour experiment, comma-separated: "
+                   "calibrated, raw, pure noise, flat-colour img2img (default all)")
+    p.add_argument("--img2img-pairs", type=int, default=None, help="prompt/seed pairs per colour for the img2img rows "
+                   "(default: --color-pairs)")
     args = p.parse_args(argv)
+    wanted = set(args.experiments.split(","))
+    if not wanted <= {"bias", "colour", "style"}:
+        print("reproduce: --experiments takes bias, colour and style", file=sys.stderr)
+        return 2
     if args.quick:
         args.n, args.steps, args.n_boot = min(args.n, 4), min(args.steps, 1), min(args.n_boot, 100)
     colors = COLOR_GRID[:2] if args.quick else COLOR_GRID
-    per_color = 2 if args.quick else max(2, args.n // len(COLOR_GRID))
+    color_prompts = COLOR_PROMPTS[:2] if args.quick else COLOR_PROMPTS[:args.color_pairs]
     out = args.out or ROOT / "experiments" / "results" / ("quick" if args.quick else "")
-    for s in ("google", "twitter"):
+    for s in ("google", "twitter") if wanted & {"bias", "style"} else ():
         if not (args.data / s / "manifest.jsonl").exists():
             print(f"reproduce: no emoji data at {args.data / s}; run: python -m training.fetch_data", file=sys.stderr)
             return 2
@@ -251,25 +337,37 @@ def main(argv=None) -> int:
         return generate_set(pipe, prompts, seed=args.seed, steps=args.steps, guidance=args.guidance, **kw)
 
     model = args.model or "leakstyle mini-sd (embedded)"
+    results, lines = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        r1, l1, style, captions, noise_images = bias(pipe, args.data, args.n, size, gen, args.n_boot, args.seed, out, workdir)
-        print("\n".join(l1), flush=True)
-        r2, l2 = colour_control(pipe, colors, per_color, captions, noise_images, style, gen, args.n_boot, args.seed, out)
-        print("\n".join(l2), flush=True)
-        r3, l3 = style_adaptation(pipe, args.data, args.n, size, gen, args.n_boot, args.seed, out, workdir)
-        print("\n".join(l3), flush=True)
+        if "bias" in wanted:
+            results["bias"], part, *_ = bias(pipe, args.data, args.n, size, gen, args.n_boot, args.seed, out, workdir)
+            print("\n".join(part), flush=True)
+            lines += part
+        if "colour" in wanted:
+            results["colour_control"], part = colour_control(pipe, colors, color_prompts, gen, args.n_boot, args.seed,
+                                                             args.steps, args.guidance, out, args.img2img_pairs,
+                                                             set(args.color_methods.split(",")) if args.color_methods else None)
+            print("\n".join(part), flush=True)
+            lines += part
+        if "style" in wanted:
+            results["style_adaptation"], part = style_adaptation(pipe, args.data, args.n, size, gen, args.n_boot, args.seed,
+                                                                 out, workdir)
+            print("\n".join(part), flush=True)
+            lines += part
     minutes = (time.perf_counter() - start) / 60
     header = ["# Reproducing the papers' claims on the embedded model", "",
               f"Model `{model}`, {width}x{height} px, {args.steps} steps ({type(pipe.scheduler).__name__}), guidance "
               f"{args.guidance}, seed {args.seed}; intervals are 95% bootstrap intervals ({args.n_boot} resamples). "
-              f"Made by `experiments/reproduce.py{' --quick' if args.quick else ''}` in {minutes:.1f} min.", ""]
-    (out / "README.md").write_text("\n".join(header + l1 + l2 + l3))
+              f"Made by `experiments/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)}` in {minutes:.1f} min.", ""]
+    name = "README.md" if wanted == {"bias", "colour", "style"} else f"README-{'-'.join(sorted(wanted))}.md"
+    (out / name).write_text("\n".join(header + lines))
     config = dict(model=model, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed, n_boot=args.n_boot,
-                  quick=args.quick, width=width, height=height, colors=list(colors), per_color=per_color)
-    (out / "results.json").write_text(json.dumps(as_json({"config": config, "bias": r1, "colour_control": r2,
-                                                          "style_adaptation": r3}), indent=1))
-    print(f"wrote {out / 'README.md'} in {minutes:.1f} min")
+                  quick=args.quick, width=width, height=height, colors=list(colors), color_prompts=list(color_prompts),
+                  experiments=sorted(wanted))
+    json_name = "results.json" if name == "README.md" else name.replace("README", "results").replace(".md", ".json")
+    (out / json_name).write_text(json.dumps(as_json({"config": config, **results}), indent=1))
+    print(f"wrote {out / name} in {minutes:.1f} min")
     return 0
 
 

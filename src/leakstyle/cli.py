@@ -63,6 +63,7 @@ def cmd_generate(args) -> int:
     import torch
 
     from .denoiser import is_video
+    from .color import check_lightness, with_lightness
     from .files import load
     from .leak import image_size
     from .loading import EMBEDDED_NAME
@@ -75,6 +76,8 @@ def cmd_generate(args) -> int:
                    batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler,
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
+    if args.brightness is not None:
+        check_lightness(args.brightness)
     check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
     if args.num_frames is not None and args.num_frames < 1:
         raise LeakstyleError(f"--num-frames must be at least 1, got {args.num_frames}")
@@ -91,8 +94,12 @@ def cmd_generate(args) -> int:
         options.update(num_frames=args.num_frames, frames=args.frames)
     if init_image is not None:
         options.update(image=init_image)
+    color = args.color
+    if args.brightness is not None:  # L* of --color, else of the style's mean colour, else of grey
+        color = with_lightness(pipe, args.brightness, style=style, color=args.color)
     common = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=seed, progress=not args.quiet, **options)
-    leak = iter_generate(pipe, style=style, color=args.color, strength=args.strength, on_no_leak="raise", **common)
+    leak = iter_generate(pipe, style=style, color=color, strength=args.strength, on_no_leak="raise",
+                         color_mode=args.color_mode, **common)
     baseline = iter_generate(pipe, noise=None, **common) if args.baseline else None  # N(0, I), fine-tuned or not
     height, width = image_size(pipe, args.height, args.width)
     scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
@@ -101,10 +108,13 @@ def cmd_generate(args) -> int:
                   guidance=args.guidance, model=str(args.model or EMBEDDED_NAME), height=height, width=width,
                   leakstyle_version=__version__)
     leak_params = dict(style=str(args.style) if args.style else None,
-                       style_sha256=file_digest(args.style) if args.style else None, color=args.color,
-                       strength=args.strength if (args.style or args.color) else None, baseline=False,
+                       style_sha256=file_digest(args.style) if args.style else None, color=color,
+                       color_mode=args.color_mode if color else None,
+                       brightness=args.brightness, strength=args.strength if (args.style or color) else None,
+                       baseline=False,
                        noise=noise_name(pipe))
-    baseline_params = dict(style=None, style_sha256=None, color=None, strength=None, baseline=True,
+    baseline_params = dict(style=None, style_sha256=None, color=None, color_mode=None, brightness=None, strength=None,
+                           baseline=True,
                            noise=noise_name(pipe, baseline=True))
     index, written = next_index(out), 0
     with torch.inference_mode():
@@ -409,7 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
     g.add_argument("--style", default=None, help="style file or official folder (default: none)")
     g.add_argument("--color", default=None, help="mean colour of the image, '#rrggbb' (default: none)")
-    g.add_argument("--strength", type=float, default=1.0, help="0..1: how strongly --color replaces the low frequencies")
+    g.add_argument("--color-mode", choices=("calibrated", "raw"), default="calibrated",
+                   help="calibrated: the colour alone sets x_T's mean, the noise's own mean is cancelled; raw: the "
+                        "paper's setting, the colour in x~'s mean (default: calibrated)")
+    g.add_argument("--brightness", type=float, default=None, metavar="L",
+                   help="CIELAB lightness 0 (black) to 100 (white) of the image's mean colour, keeping the hue of "
+                        "--color, else of the style's mean colour, else grey; a colour, so --color-mode applies "
+                        "(default: none)")
+    g.add_argument("--strength", type=float, default=1.0,
+                   help="0..1: how strongly --color replaces the low frequencies (calibrated mode also cancels "
+                        "this share of the noise's mean)")
     g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, metavar="NAME",
                    help=f"{schedulers} (default: the model's own)")
     g.add_argument("--steps", type=int, default=25, help="inference steps")

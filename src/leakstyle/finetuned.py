@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .color import check_color_mode, noise_dc_correction
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
 from .files import load, write_atomic
@@ -86,7 +87,8 @@ def finetuned_folder_record(model: str | os.PathLike | None) -> dict | None:
 def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistribution | None = None, batch_size: int = 1,
                           height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                           generator: torch.Generator | None = None, color: torch.Tensor | None = None,
-                          strength: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
+                          strength: float = 1.0, device=None, dtype=torch.float32,
+                          color_mode: str = "calibrated") -> torch.Tensor:
     """`latents=` for a model fine-tuned with Diffusion in Style: the UNet's first input is x_T = eps_style.
 
     eps_style ~ N(mu_style, Sigma_style) = `noise`, drawn first from `generator`. With a leak `style` or `color`
@@ -109,4 +111,6 @@ def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistributi
         base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
         style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
     x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    if color is not None and check_color_mode(color_mode) == "calibrated":  # cancel eps_style's DC about its mean
+        x_tilde += noise_dc_correction(eps_style, leak, strength, noise.channel_means())
     return x_T(x_tilde, eps_style, leak) / leak.input_scale

@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from .color import check_color_mode, noise_dc_correction
 from .denoiser import (denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of,
                        vae_factor)
 from .distribution import StyleDistribution
@@ -109,11 +110,12 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     generator: torch.Generator | None = None, scheduler=None,
                     color: torch.Tensor | None = None, strength: float = 1.0,
                     device=None, dtype=torch.float32, num_frames: int | None = None,
-                    frames: str = "shared") -> torch.Tensor:
+                    frames: str = "shared", color_mode: str = "raw") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
     Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
-    sets the low frequencies (see StyleDistribution.with_color). With neither style nor colour, returns eps:
+    sets the low frequencies (see StyleDistribution.with_color); `color_mode` "raw" (the default here: the
+    paper's math) does no more, "calibrated" also cancels the noise's own DC (leakstyle.color; generate's default). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
     A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
@@ -126,6 +128,7 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
     check_frames(frames)
     C, h, w = latent_shape(pipe, height, width)
     check_leak_inputs(style, color, strength, C)
+    check_color_mode(color_mode)
     leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     F = num_frames_of(pipe, num_frames)
     device = device or denoiser_of(pipe).device
@@ -142,4 +145,6 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
         x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
     else:
         x_tilde = video_x_tilde(style, batch_size, F, h, w, layout(pipe), frames, generator, device, dtype)
+    if color is not None and color_mode == "calibrated":
+        x_tilde += noise_dc_correction(eps, leak, strength)
     return x_T(x_tilde, eps, leak, scale=leak.input_scale)

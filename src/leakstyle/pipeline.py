@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .cascade import is_cascade, run_stage_one
 from .denoiser import denoiser_of, num_frames_of
 from .distribution import StyleDistribution
+from .color import check_color_mode
 from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
@@ -148,14 +149,15 @@ def check_before_loading(model: str | os.PathLike | None, prompt: str | list[str
 
 def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style, color, strength: float,
                  negative_prompt: str | None, num_inference_steps: int, guidance_scale: float, height: int, width: int,
-                 progress: bool, num_frames: int | None = None, image: Image.Image | None = None) -> list:
+                 progress: bool, num_frames: int | None = None, image: Image.Image | None = None,
+                 color_mode: str = "calibrated") -> list:
     """One image (or video of `num_frames` frames) per seed through pipe (checked inputs): x_T from `start`
     (initial_latents or style_initial_latents) with a generator seeded by the image's seed, the sampler's own noise
     from sampler_seed(seed). `image`: the image Stable Video Diffusion animates."""
     device, dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype
     latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
                                num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
-                               color=color, strength=strength, device=device, dtype=dtype)
+                               color=color, strength=strength, device=device, dtype=dtype, color_mode=color_mode)
                          for s in seeds])
     # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
     generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
@@ -175,7 +177,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                   width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
                   batch_size: int | None = 4, progress: bool = False, noise: StyleDistribution | None | str = "auto",
                   on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
-                  image: Image.Image | None = None) -> Iterator[tuple[int, int, Image.Image]]:
+                  image: Image.Image | None = None, color_mode: str = "calibrated") -> Iterator[tuple[int, int, Image.Image]]:
     """generate, one batch of `batch_size` images at a time: yields (index, seed, image) as each batch finishes.
     For video pipelines `image` is a video: a list of frames (each with its seed in `info`).
 
@@ -205,6 +207,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
     if isinstance(color, str):
         color = color_to_model_units(pipe, color)
     check_leak_inputs(style, color, strength, C)
+    check_color_mode(color_mode)
     if (style is not None or color is not None) and not leak.has_leak:
         explanation = no_leak_explanation(run_scheduler, leak) if noise is None else ZERO_SNR_FINETUNED_EXPLANATION
         if on_no_leak == "raise":
@@ -228,7 +231,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                                           style=style, color=color, strength=strength, negative_prompt=negative_prompt,
                                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                           height=height, width=width, progress=progress, num_frames=num_frames,
-                                          image=image)
+                                          image=image, color_mode=color_mode)
                 bar.update(len(seeds))
                 for i, s, result in zip(indices, seeds, images):
                     for frame in (result if num_frames is not None else [result]):
@@ -244,14 +247,15 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
              width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
              batch_size: int | None = None, progress: bool = False, noise: StyleDistribution | None | str = "auto",
              on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
-             image: Image.Image | None = None) -> list:
+             image: Image.Image | None = None, color_mode: str = "calibrated") -> list:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `seed` None or -1 draws a random first seed; each image's seed is in `image.info["seed"]`.
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
 
     `color` is '#rrggbb' or per-channel model units [C]; `strength` in [0, 1] blends the style's low frequencies
-    toward it. `scheduler` is a name from schedulers.SCHEDULERS (the pipeline's own scheduler if None) and
+    toward it. `color_mode` "calibrated" cancels the noise's own DC, so that the colour alone sets x_T's DC
+    (leakstyle.color); "raw" leaves it (the paper's setting). `scheduler` is a name from schedulers.SCHEDULERS (the pipeline's own scheduler if None) and
     `timestep_spacing` "leading", "trailing" or "linspace" (None: the scheduler config's); both apply to this call
     only: `pipe.scheduler` is the same object afterwards. With neither style nor colour this is plain pure-noise
     sampling. `batch_size` images go through the pipeline at a time (None: all at once); see iter_generate.
@@ -274,4 +278,5 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
         pipe, prompt, style=style, color=color, strength=strength, seed=seed, num_images=num_images,
         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
         height=height, width=width, scheduler=scheduler, timestep_spacing=timestep_spacing, batch_size=batch_size,
-        progress=progress, noise=noise, on_no_leak=on_no_leak, num_frames=num_frames, frames=frames, image=image)]
+        progress=progress, noise=noise, on_no_leak=on_no_leak, num_frames=num_frames, frames=frames, image=image,
+        color_mode=color_mode)]

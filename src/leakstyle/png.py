@@ -44,6 +44,10 @@ def leak_fields(parameters: dict) -> dict:
             fields["Leak style hash"] = parameters["style_sha256"][:HASH_LENGTH]
     if parameters.get("color"):
         fields["Leak colour"] = parameters["color"]
+        if parameters.get("color_mode"):
+            fields["Leak colour mode"] = parameters["color_mode"]
+        if parameters.get("brightness") is not None:
+            fields["Leak brightness"] = parameters["brightness"]
     if fields and parameters.get("strength") is not None:
         fields["Leak strength"] = parameters["strength"]
     return fields or {"Leak": "none (pure noise)"}
@@ -72,7 +76,8 @@ def png_bytes(image, parameters: dict) -> bytes:
     """PNG with the generation parameters in text chunks: `parameters` (A1111-style) and `leakstyle` (JSON).
 
     `parameters` holds prompt, negative_prompt, steps, scheduler (leakstyle's name), guidance, seed, width, height,
-    model, and where known noise, baseline, style (file name), style_sha256, color and strength."""
+    model, and where known noise, baseline, style (file name), style_sha256, color, color_mode ("calibrated" or
+    "raw"), brightness (the L* asked for) and strength."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()

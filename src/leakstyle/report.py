@@ -245,8 +245,9 @@ def write_html(out: Path, result: dict) -> Path:
             for c, e in result["colors"].items())
         color_html = f"""<h2>Colour control</h2><img src="colors.png" alt="requested and obtained colours">
 <p>CIEDE2000 between the requested colour and the mean colour of each image's {metrics.BORDER}-pixel border (where the
-background shows); about 1 is just noticeable, above 10 a different colour. {cfg['per_color']} images per colour, the same
-prompts and seeds from pure noise for comparison.</p>
+background shows); about 1 is just noticeable, above 10 a different colour. {cfg['per_color']} images per colour from the
+leak with the colour in calibrated mode (the noise's own mean cancelled), the same prompts and seeds from pure noise for
+comparison.</p>
 <table><tr><th>colour</th><th>leak median</th><th>leak 90th pct</th><th>pure noise median</th><th>pure noise 90th pct</th></tr>{rows}</table>"""
     findings = "".join(f"<li>{esc(line)}</li>" for line in summary_lines(result))
     path = out / "report.html"
@@ -315,7 +316,7 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
     common = dict(seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, bar=bar)
     noise_images = generate_set(pipe, cycled, noise=None, **common)  # N(0, I), even for a fine-tuned model
     leak_images = generate_set(pipe, cycled, style=style, **common)
-    color_runs = {c: {"leak": generate_set(pipe, cycled[:per_color], style=style, color=c, **common),
+    color_runs = {c: {"leak": generate_set(pipe, cycled[:per_color], style=style, color=c, color_mode="calibrated", **common),
                       "pure noise": noise_images[:per_color]}
                   for c in colors}
     bar.close()
@@ -323,7 +324,7 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
     sets = {"reference": load_reference(paths, width, height), "pure noise": noise_images, "leak": leak_images}
     result = {"config": {"model": model_name or str(getattr(pipe, "name_or_path", "")), "n": n, "steps": steps,
                          "guidance": guidance, "seed": seed, "n_boot": n_boot, "per_color": per_color,
-                         "style": style_name or "given style", "prompts": prompts, "height": height, "width": width,
+                         "color_mode": "calibrated", "style": style_name or "given style", "prompts": prompts, "height": height, "width": width,
                          "reference": [str(p) for p in paths[:1000]], "leakstyle_version": __version__},
               **compute_metrics(sets, color_runs, n_boot, seed)}
     rows = [(name, images) for name, images in sets.items()] + [(f"colour {c}", r["leak"]) for c, r in color_runs.items()]

@@ -170,13 +170,14 @@ def style_for(model: Model, source: str, images: list[str] | None = None, style_
 def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 25,
         scheduler: str | None = None, guidance: float = 7.5, num_images: int = 1, width: int | None = None,
         height: int | None = None, style: Style | None = None, color: str | None = None, strength: float = 1.0,
-        out: Path | None = None, progress: Progress = no_progress) -> Result:
+        out: Path | None = None, progress: Progress = no_progress, color_mode: str = "calibrated") -> Result:
     """Generate from the leak of `style`/`color`, and from pure noise with the same seeds (image i: seed + i).
 
     Images are made in batches of BATCH_SIZE (image i exactly as `generate(..., seed=seed + i)` makes it), and
     `progress` says after each batch how far it is: "leak images k/n", then "pure-noise images k/n". Writes each image as a PNG with its
     parameters into `out` (by default a new folder in workdir(), removed at exit), named as
-    `leakstyle generate --baseline` names them."""
+    `leakstyle generate --baseline` names them. A colour is aimed at in `color_mode` (calibrated by default, as in
+    the CLI; see leakstyle.color)."""
     if not 0.0 <= strength <= 1.0:
         raise LeakstyleError(f"strength must be between 0 and 1, got {strength}")
     if num_images < 1 or steps < 1:
@@ -198,7 +199,8 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
         return images
 
     with torch.inference_mode():
-        leak = in_batches("leak images", 0.0, style=style and style.distribution, color=color, strength=strength)
+        leak = in_batches("leak images", 0.0, style=style and style.distribution, color=color, strength=strength,
+                          color_mode=color_mode)
         baseline = in_batches("pure-noise images", 0.5, noise=None)  # pure N(0, I) noise, fine-tuned model or not
     progress(1.0, "writing the PNGs")
     messages = []
@@ -213,8 +215,10 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
                   width=width, leakstyle_version=__version__)
     leak_params = dict(noise=noise_name(pipe), style=style.name if style else None,
                        style_sha256=hashlib.sha256(style.file.read_bytes()).hexdigest() if style else None,
-                       color=color, strength=strength if (style or color) else None, baseline=False)
-    baseline_params = dict(noise="standard", style=None, style_sha256=None, color=None, strength=None, baseline=True)
+                       color=color, color_mode=color_mode if color else None,
+                       strength=strength if (style or color) else None, baseline=False)
+    baseline_params = dict(noise="standard", style=None, style_sha256=None, color=None, color_mode=None, strength=None,
+                           baseline=True)
     written = {}
     for images, suffix, extra in ((leak, "", leak_params), (baseline, "-baseline", baseline_params)):
         written[suffix] = []
@@ -264,8 +268,10 @@ def results_html(result: Result) -> str:
         for kind, image, file, hexcode, error in (column[i] for column in columns):
             pixelated = " pixelated" if image.width < 128 else ""
             delta = f" ΔE {error:.1f}" if error is not None else ""
+            asked = f'requested {swatch(result.color)} ' if result.color and kind == "leak" else ""
             cells.append(f'<td><img class="{kind}{pixelated}" data-seed="{seed}" alt="{kind}, seed {seed}" '
-                         f'src="{file_url(file)}"><div class="mean {kind}-mean">border {swatch(hexcode)}{delta}</div></td>')
+                         f'src="{file_url(file)}"><div class="mean {kind}-mean">{asked}border {swatch(hexcode)}{delta}'
+                         f'</div></td>')
         rows.append(f"<tr><th>seed {seed}</th>{''.join(cells)}</tr>")
     return (f'<table class="results"><tr><th></th><th>from the leak{requested}</th><th>from pure noise</th></tr>'
             f"{''.join(rows)}</table><p class=\"measure\">Swatches: {MEASURE_NOTE}.</p>")
