@@ -275,7 +275,7 @@ def run_style(style: str, args, seeds: list[int], step_counts: list[int], timest
                lambda: [open_image(data / r["file"]) for r in train])
         options = dict(model=args.model, batch_size=args.batch_size, lr=args.lr, lora=args.lora, seed=seed,
                        checkpoint_every=args.checkpoint_every, device=args.device, progress=not args.quick)
-        runs = {(n, t): runs_root / f"seed-{seed}" / f"{n}-{t}" for n in NOISES for t in timesteps}
+        runs = {(n, t): runs_root / f"seed-{seed}" / f"{n}-{t}" for t in timesteps for n in NOISES}
         for steps in step_counts:
             for (noise, t), run in runs.items():
                 def make(run=run, noise=noise, t=t, steps=steps):
