@@ -52,8 +52,8 @@ class Conditioning:
 
 def is_sdxl(pipe) -> bool:
     """Whether the UNet takes SDXL's added conditioning (pooled text and size embeddings, "text_time")."""
-    return getattr(getattr(pipe, "unet", None), "config", None) is not None and \
-        pipe.unet.config.get("addition_embed_type") == "text_time"
+    config = getattr(getattr(pipe, "unet", None), "config", None)
+    return config is not None and config.get("addition_embed_type") == "text_time"
 
 
 def check_conditioning(pipe, model) -> None:

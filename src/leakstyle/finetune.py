@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
 from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
-from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
 from .errors import ImageError, LeakstyleError
 from .files import load, save
 from .finetuned import LORA_FILE, STYLE_FILE, read_record, write_record
