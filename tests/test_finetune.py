@@ -111,6 +111,16 @@ def test_loss_target_is_eps_or_v(prediction_type):
     torch.testing.assert_close(value, target.square().mean())
 
 
+def test_sd_prompts_are_encoded_as_the_pipeline_encodes_them(sd_path):
+    from leakstyle.conditioning import encode_text
+    pipe = load_pipeline(sd_path, device="cpu")
+    captions = ["a cat", "emoji number 3"]
+    hidden, pooled = encode_text(pipe, captions)
+    expected, _ = pipe.encode_prompt(captions, "cpu", 1, do_classifier_free_guidance=False)
+    assert pooled is None
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=0)
+
+
 # -- training, saving, loading -----------------------------------------------------------------------
 def test_full_finetune_writes_a_pipeline_folder_that_from_pretrained_loads(full_run, sd_path):
     pipe = DiffusionPipeline.from_pretrained(full_run)
