@@ -14,8 +14,8 @@ from . import __version__
 from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
-from .images import ImageBatches, digest_paths, list_images, parse_resolution
-from .leak import image_size
+from .images import ImageBatches, digest_paths, list_images, open_image, parse_resolution
+from .leak import image_size, vae_factor
 from .moments import Moments
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
@@ -44,6 +44,22 @@ def default_resolution(pipe) -> tuple[int, int]:
     return width, height
 
 
+def tensor_size(width: int, height: int, factor: int, components: int | None) -> tuple[int, int]:
+    """(H, W) of the fitted tensors for a width x height pixel resolution; refuses sizes that cannot be fitted.
+
+    A VAE maps f x f pixels to one latent element, so both sides must be positive multiples of f; a DCT fit
+    of n components needs at least n elements per channel."""
+    if width % factor or height % factor:
+        lower = lambda v: max(factor, v // factor * factor)  # noqa: E731
+        raise LeakstyleError(f"--resolution {width}x{height} is not a multiple of this model's VAE factor {factor}; "
+                             f"use e.g. {lower(width)}x{lower(height)}")
+    H, W = height // factor, width // factor
+    if components is not None and not 1 <= components <= H * W:
+        raise LeakstyleError(f"--components must be between 1 and {H * W} for {H}x{W} tensors "
+                             f"(resolution {width}x{height}); use fewer components or a larger --resolution")
+    return H, W
+
+
 def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
         resolution: int | str | tuple[int, int] | None = None, space: str | None = None, random_crop: bool = False,
         flip: bool = False, batch_size: int = 8, seed: int = 0, strict: bool = False,
@@ -64,15 +80,18 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
         raise LeakstyleError(f"unknown space {space!r}: use 'latent' or 'pixel'")
     if space == "latent" and vae is None:
         raise LeakstyleError("latent statistics need a model with a VAE; use --space pixel for pixel-space models")
-    paths = list_images([images] if isinstance(images, (str, os.PathLike)) else images)
-    if len(paths) < MIN_IMAGES:
-        raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
     if resolution is None:
         width, height = default_resolution(pipe)
     elif isinstance(resolution, tuple):
-        width, height = resolution
+        width, height = parse_resolution(f"{resolution[0]}x{resolution[1]}")
     else:
         width, height = parse_resolution(resolution)
+    tensor_size(width, height, vae_factor(pipe) if space == "latent" else 1, components if kind == "dct" else None)
+    paths = list_images([images] if isinstance(images, (str, os.PathLike)) else images)
+    if len(paths) < MIN_IMAGES:
+        for path in paths:
+            open_image(path)  # an unreadable one says that it cannot be read, not only that there are too few
+        raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
     batches = ImageBatches(paths, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip,
                            seed=seed, strict=strict)
     moments = None
@@ -82,8 +101,6 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
             if moments is None:
                 _, C, H, W = x.shape
                 if kind == "dct":
-                    if not 1 <= components <= H * W:
-                        raise LeakstyleError(f"--components must be between 1 and {H * W} for {H}x{W} tensors")
                     moments = Moments.for_dct(C, H, W, components)
                 else:
                     moments = Moments("pixel", C, H, W)
@@ -96,8 +113,10 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     count = 0 if moments is None else moments.count
     if count < MIN_IMAGES:
         raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
+    skipped = {path for path, _ in batches.skipped}
+    read = [path for path in paths if path not in skipped]  # a skipped file stays skipped
     metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",
-                "resolution": f"{width}x{height}", "source_digest": digest_paths(paths),
+                "resolution": f"{width}x{height}", "source_digest": digest_paths(read),
                 "leakstyle_version": __version__}
     if space == "latent":
         scaling, shift = vae_factors(vae)

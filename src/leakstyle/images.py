@@ -131,6 +131,8 @@ def open_image(path: Path) -> Image.Image:
     Uses ``warnings.catch_warnings``, which is process-global: call it from one thread at a time.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise CorruptImageError(path, "a symbolic link to nothing (broken, or a loop)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
