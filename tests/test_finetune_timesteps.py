@@ -104,10 +104,5 @@ def test_a_run_recorded_before_the_option_resumes_as_uniform(tmp_path, images, s
                                             (["--timestep-sampling", "cosine"], "invalid choice")])
 def test_bad_timestep_options_are_refused(tmp_path, images, sd_path, capsys, extra, message):
     argv = ["finetune", str(images), "--model", str(sd_path), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]
-    if message == "invalid choice":
-        with pytest.raises(SystemExit) as exit:
-            main(argv + extra)
-        assert exit.value.code == 2 and message in capsys.readouterr().err
-    else:
-        assert message in run_error(argv + extra, capsys)
+    assert message in run_error(argv + extra, capsys)
     assert not (tmp_path / "out").exists()
