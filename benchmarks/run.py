@@ -8,6 +8,7 @@
 2. Generation with a style against the same generation without one.
 3. Fitting: (a) peak memory as the image count grows, against keeping every latent;
    (b) accumulating the moments against encoding the images with a VAE.
+4. The ComfyUI node pack's nodes against a KSampler run on the embedded model (benchmarks/comfy_overhead.py).
 
 Timings interleave baseline and candidate in the same process and report medians; ratios are medians of
 the per-round ratios. Results also go to benchmarks/out/results.json. See benchmarks/README.md.
@@ -485,9 +486,28 @@ def figure_fit_time(quick: bool) -> tuple[list[Row], dict]:
     return rows, details
 
 
+# -- 4. the ComfyUI node pack ------------------------------------------------------------------------
+def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
+    """benchmarks/comfy_overhead.py: the pack's nodes against a KSampler run on the embedded model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import comfy_overhead
+
+    m = comfy_overhead.measure(quick)
+    what = f"KSampler {m['steps']} steps, embedded model, latent {'x'.join(map(str, m['latent']))}, CFG 5"
+    rows = [
+        Row(f"4. KSampler from LeakstyleLeakLatent / from EmptyLatentImage ({what})", f"{m['ksampler_leak_s']:.3g} s",
+            f"{m['ksampler_empty_s']:.3g} s", m["ratio_sampler"], "-", None),
+        Row("4. LeakstyleColor + LeakstyleLeakLatent / KSampler run", ms(m["pack_nodes_s"]), f"{m['ksampler_empty_s']:.3g} s",
+            m["ratio_nodes"], "< 0.01", m["ratio_nodes"] < 0.01),
+        Row("4. LeakstyleLeakLatent alone (re-queue: ComfyUI caches the colour) / KSampler run", ms(m["latent_node_s"]),
+            f"{m['ksampler_empty_s']:.3g} s", m["ratio_latent_node"], "< 0.01", m["ratio_latent_node"] < 0.01),
+    ]
+    return rows, {k: v for k, v in m.items()}
+
+
 # -- main ---------------------------------------------------------------------------------------------
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
-           "fit_time": figure_fit_time}
+           "fit_time": figure_fit_time, "comfy": figure_comfy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ from .errors import LeakstyleError
 from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
+from .loading import EMBEDDED_NAME
 from .pipeline import iter_generate, load_pipeline, noise_name
 from .png import png_bytes
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
@@ -71,7 +72,6 @@ class Model:
         return getattr(self.pipe, "leakstyle_noise", None) is not None
 
 
-EMBEDDED_NAME = "leakstyle/mini-sd"  # how PNGs name the embedded model
 
 
 def open_model(model: str | os.PathLike | None = None, device: str | None = None) -> Model:
