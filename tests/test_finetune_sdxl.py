@@ -119,6 +119,15 @@ def test_a_refiner_shaped_unet_is_refused(tmp_path, images, sdxl_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_transformer_denoiser_is_refused_in_one_line(tmp_path, images, capsys):
+    from family_pipelines import pixart
+    folder = tmp_path / "pixart"
+    pixart().save_pretrained(folder)
+    argv = ["finetune", str(images), "--model", str(folder), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]
+    assert "PixArtTransformer2DModel" in run_error(argv, capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # -- full and LoRA, epsilon and v --------------------------------------------------------------------
 def test_a_full_sdxl_finetune_loads_with_a_plain_from_pretrained(full_run, sdxl_path):
     pipe = DiffusionPipeline.from_pretrained(full_run)

@@ -57,8 +57,14 @@ def is_sdxl(pipe) -> bool:
 
 
 def check_conditioning(pipe, model) -> None:
-    """One-line errors for UNets whose conditioning fine-tuning cannot build."""
-    kind = pipe.unet.config.get("addition_embed_type") if hasattr(pipe.unet, "config") else None
+    """One-line errors for denoisers whose conditioning fine-tuning cannot build: transformers, other added inputs."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None or type(unet).__name__ not in ("UNet2DConditionModel", "UNet2DModel"):
+        denoiser = unet if unet is not None else getattr(pipe, "transformer", None)
+        raise LeakstyleError(f"finetune trains the UNets of Stable Diffusion 1.x/2.x, SDXL and pixel-space models; "
+                             f"{model or 'the model'} has a {type(denoiser).__name__} ({type(pipe).__name__}), "
+                             f"which it cannot fine-tune yet")
+    kind = unet.config.get("addition_embed_type")
     if kind not in (None, "text_time"):
         raise LeakstyleError(f"{model or 'the model'}'s UNet takes {kind!r} added conditioning; finetune supports "
                              f"Stable Diffusion 1.x/2.x, SDXL and pixel-space UNets")
