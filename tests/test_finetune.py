@@ -111,6 +111,16 @@ def test_loss_target_is_eps_or_v(prediction_type):
     torch.testing.assert_close(value, target.square().mean())
 
 
+def test_sd_prompts_are_encoded_as_the_pipeline_encodes_them(sd_path):
+    from leakstyle.conditioning import encode_text
+    pipe = load_pipeline(sd_path, device="cpu")
+    captions = ["a cat", "emoji number 3"]
+    hidden, pooled = encode_text(pipe, captions)
+    expected, _ = pipe.encode_prompt(captions, "cpu", 1, do_classifier_free_guidance=False)
+    assert pooled is None
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=0)
+
+
 # -- training, saving, loading -----------------------------------------------------------------------
 def test_full_finetune_writes_a_pipeline_folder_that_from_pretrained_loads(full_run, sd_path):
     pipe = DiffusionPipeline.from_pretrained(full_run)
@@ -293,7 +303,7 @@ def test_force_starts_a_previous_run_over_with_new_options(tmp_path, images, sd_
 
 
 # -- the experiment ----------------------------------------------------------------------------------
-def test_the_experiment_runs_in_quick_mode(tmp_path, sd_path):
+def test_the_experiment_runs_in_quick_mode_and_a_rerun_reads_its_cache(tmp_path, sd_path, monkeypatch):
     pytest.importorskip("leakstyle.metrics")
     import importlib.util
     from pathlib import Path
@@ -303,7 +313,36 @@ def test_the_experiment_runs_in_quick_mode(tmp_path, sd_path):
     experiment = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(experiment)
     data = experiment.synthetic_data(tmp_path / "data")
-    results = experiment.main(["--quick", "--model", str(sd_path), "--data", str(data), "--heldout", "2",
-                               "--out", str(tmp_path / "out")])
-    assert {(r.get("noise"), r.get("steps")) for r in results} >= {("style", 2), ("standard", 2)}
-    assert all(np.isfinite(r["distance"]) for r in results) and (tmp_path / "out" / "results.md").is_file()
+    argv = ["--quick", "--model", str(sd_path), "--data", str(data), "--heldout", "2", "--out", str(tmp_path / "out"),
+            "--styles", "lineart"]  # twitter runs the same code on the set as it is
+    results = experiment.main(argv)
+    per_seed = {(r["style"], r.get("seed"), r.get("noise"), r.get("timesteps"), r.get("steps")) for r in results}
+    assert per_seed >= {("lineart", seed, n, t, 2) for seed in (0, 1) for n in ("style", "standard") for t in ("uniform", "logsnr")}
+    over = {r["row"] for r in results if "over_seeds" in r and r["style"] == "lineart"}
+    assert {"style minus standard noise, logsnr t, 2 steps", "interaction (style - standard under logsnr) - (under uniform), 2 steps"} <= over
+    assert all(np.isfinite(r["distance"]) and r["low"] <= r["distance"] <= r["high"] for r in results)
+    assert (tmp_path / "out" / "results.md").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a rerun trained again")
+
+    monkeypatch.setattr(experiment, "finetune", no_training)
+    assert [r["distance"] for r in experiment.main(argv)] == [r["distance"] for r in results]
+
+
+def test_line_art_is_the_images_edges_dark_on_white():
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(__file__).resolve().parents[1] / "experiments" / "diffusion_in_style.py"
+    spec = importlib.util.spec_from_file_location("diffusion_in_style", file)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    image = np.full((32, 32, 3), 255, np.uint8)
+    image[8:24, 8:24] = (200, 30, 30)  # a red square on white
+    lines = np.asarray(experiment.line_art(Image.fromarray(image)))
+    assert set(np.unique(lines)) == {0, 255} and (lines[..., 0] == lines[..., 2]).all()
+    dark = lines[..., 0] == 0
+    ring = np.zeros_like(dark)
+    ring[7:25, 7:25], ring[8:24, 8:24] = True, False
+    assert (dark == ring).all()  # a one-pixel outline on the bright side of the square's edge; flat areas stay white

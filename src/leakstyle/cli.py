@@ -297,8 +297,9 @@ def cmd_finetune(args) -> int:
                    batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
                    mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
                    seed=args.seed, lora=args.lora, noise=args.noise, kind=args.type, components=args.components,
-                   checkpoint_every=args.checkpoint_every, resume=args.resume, force=args.force, device=args.device,
-                   progress=not args.quiet)
+                   checkpoint_every=args.checkpoint_every, timestep_sampling=args.timestep_sampling,
+                   logsnr_mean=args.logsnr_mean, logsnr_std=args.logsnr_std, resume=args.resume, force=args.force,
+                   device=args.device, progress=not args.quiet)
     if PartialState().is_main_process:  # once, under `accelerate launch` too
         print(f"fine-tuned ({'LoRA rank ' + str(args.lora) if args.lora else 'full'}, {args.noise} noise, {args.steps} "
               f"steps) -> {out}; generate with: leakstyle generate --model {out} --prompt ...")
@@ -520,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--components", type=int, default=3, help="low-frequency DCT components")
     t.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="checkpoint every N steps and at "
                    "the end (default 250; 0: only at the end)")
+    t.add_argument("--timestep-sampling", choices=("uniform", "logsnr"), default="uniform",
+                   help="uniform t (default), or t by log-SNR drawn from N(M, S^2), shifted toward high noise "
+                        "(Choi et al. 2024); draws beyond the schedule's range train at its end timesteps")
+    t.add_argument("--logsnr-mean", type=float, default=None, metavar="M", help="with logsnr: the mean (default -3)")
+    t.add_argument("--logsnr-std", type=float, default=None, metavar="S", help="with logsnr: the std (default 2)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     common(t)
     t.set_defaults(func=cmd_finetune)

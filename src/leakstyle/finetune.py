@@ -1,7 +1,8 @@
 """Diffusion in Style (Everaert et al., ICCV 2023): fine-tune a UNet with noise drawn from a style distribution.
 
-style images (+ captions) -> N(mu_style, Sigma_style) of their latents (leakstyle.fit) and cached latents x_0
--> DenoisingLoss(StyleNoise(style)) steps on accelerate (full or LoRA) -> an output folder that load_pipeline reads:
+style images (+ captions) -> N(mu_style, Sigma_style) of their latents (leakstyle.fit), cached latents x_0 and the
+UNet's conditioning (leakstyle.conditioning: SD's text, or SDXL's two encoders, pooled text and size conditions)
+-> DenoisingLoss(StyleNoise(style), timesteps) steps on accelerate (full or LoRA) -> a folder that load_pipeline reads:
 
     OUT/finetune.json                      what was trained: base model, method, noise, options, status, step
     OUT/style.safetensors                  the style distribution; inference starts from x_T ~ N(mu_style, Sigma_style)
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
 from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
@@ -35,9 +37,9 @@ from .files import load, save
 from .finetuned import LORA_FILE, STYLE_FILE, read_record, write_record
 from .finetuned import load_finetuned, style_initial_latents  # noqa: F401  (where callers of finetune.py found them)
 from .fit import MIN_IMAGES, fit
-from .images import ImageBatches, digest_paths, list_images, parse_resolution
+from .images import digest_paths, list_images, open_image, parse_resolution, resize_and_crop, to_tensor
 from .leak import image_size, latent_shape
-from .loss import DenoisingLoss, StandardNoise, StyleNoise
+from .loss import DenoisingLoss, LogSNRTimesteps, StandardNoise, StyleNoise, UniformTimesteps
 from .pipeline import load_pipeline
 
 CAPTIONS = "metadata.jsonl"
@@ -46,6 +48,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the UNet's attention proj
 MAX_GRAD_NORM = 1.0
 # Options that do not change what is learned: a run may be resumed with other values.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "gradient_checkpointing")
+# What a record written before an option existed means by its absence (runs made then still --resume).
+RECORDED_BEFORE = {"timestep_sampling": "uniform", "logsnr_mean": None, "logsnr_std": None}
+# Default log-SNR draw of --timestep-sampling logsnr: Choi et al.'s std; a mean that shifts SD's steps toward high
+# noise (85% of draws in the noisier half of the schedule, against 50% for uniform t) while only 12% fall beyond
+# its noisiest step t = 999 (log-SNR -5.36) and train there; the paper's mean, -6, lies beyond it (62% would).
+LOGSNR_MEAN, LOGSNR_STD = -3.0, 2.0
 
 
 @dataclass
@@ -68,6 +76,9 @@ class Options:
     kind: str  # statistic type of the style distribution: "dct" or "pixel"
     components: int
     checkpoint_every: int
+    timestep_sampling: str  # "uniform" (DDPM) or "logsnr" (Choi et al. 2024)
+    logsnr_mean: float | None  # the log-SNR normal of "logsnr", None for "uniform"
+    logsnr_std: float | None
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -127,7 +138,12 @@ def check_options(o: Options) -> None:
         raise LeakstyleError(f"--lora RANK must be at least 1, got {o.lora}")
     if o.checkpoint_every < 0:
         raise LeakstyleError(f"--checkpoint-every must be 0 (only at the end) or more, got {o.checkpoint_every}")
-    for name, allowed in (("noise", ("style", "standard")), ("mixed_precision", ("no", "fp16", "bf16")), ("kind", ("pixel", "dct"))):
+    if o.timestep_sampling == "logsnr" and not o.logsnr_std > 0:
+        raise LeakstyleError(f"--logsnr-std must be positive, got {o.logsnr_std}")
+    if o.timestep_sampling == "uniform" and (o.logsnr_mean, o.logsnr_std) != (None, None):
+        raise LeakstyleError("--logsnr-mean and --logsnr-std shape the logsnr draw; add --timestep-sampling logsnr")
+    for name, allowed in (("noise", ("style", "standard")), ("mixed_precision", ("no", "fp16", "bf16")), ("kind", ("pixel", "dct")),
+                          ("timestep_sampling", ("uniform", "logsnr"))):
         if getattr(o, name) not in allowed:
             flag = {"kind": "type"}.get(name, name).replace("_", "-")
             raise LeakstyleError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(o, name)!r}")
@@ -154,8 +170,8 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 def differing(recorded: dict, options: Options) -> list[str]:
     now = asdict(options)
-    return [f"{k} {recorded.get(k)!r} there, {now[k]!r} here" for k in now
-            if k not in RESUMABLE_CHANGES and recorded.get(k) != now[k]]
+    then = {k: recorded.get(k, RECORDED_BEFORE.get(k)) for k in now}
+    return [f"{k} {then[k]!r} there, {now[k]!r} here" for k in now if k not in RESUMABLE_CHANGES and then[k] != now[k]]
 
 
 def plan_output(out: Path, options: Options, resume: bool, force: bool) -> tuple[int, bool]:
@@ -243,28 +259,36 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, processes
     return torch.stack([epoch_order(n, seed, p // n)[p % n] for p in positions])
 
 
+def crop_of(original: tuple[int, int], width: int, height: int) -> Crop:
+    """Where images.resize_and_crop's centre crop of an image of `original` (width, height) lies: the image scaled
+    to cover width x height, the crop's top-left in the scaled image's pixels (SDXL's crops_coords_top_left)."""
+    W, H = original
+    scale = max(width / W, height / H)
+    return Crop(original_size=(H, W), top_left=(round((H * scale - height) / 2), round((W * scale - width) / 2)))
+
+
 @torch.no_grad()
-def encode_images(pipe, paths: list[Path], width: int, height: int) -> torch.Tensor:
-    """x_0 [N, C, h, w]: VAE latents in model units (the mode, as `fit` uses), or pixels in [-1, 1]."""
+def encode_images(pipe, paths: list[Path], width: int, height: int) -> tuple[torch.Tensor, list[Crop]]:
+    """x_0 [N, C, h, w] and each image's Crop. x_0: VAE latents in model units (the mode, as `fit` uses) or pixels
+    in [-1, 1], of the images resized and centre-cropped to width x height as `fit` does; 8 images at a time."""
     vae = vae_of(pipe)
     device = pipe.unet.device
-    batches = ImageBatches(paths, width, height, batch_size=8, strict=True)
-    return torch.cat([encode(vae, b) if vae is not None else b.to(device) for b in batches]).float()
-
-
-@torch.no_grad()
-def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
-    """The text encoder's last hidden states [N, L, D] for each caption, as Stable Diffusion's UNet takes them."""
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return torch.cat([pipe.text_encoder(chunk.to(pipe.text_encoder.device))[0] for chunk in ids.split(16)]).float()
+    x_0, crops = [], []
+    for start in range(0, len(paths), 8):
+        pixels = []
+        for path in paths[start:start + 8]:
+            image = open_image(path)
+            crops.append(crop_of(image.size, width, height))
+            pixels.append(to_tensor(resize_and_crop(image, width, height)))
+        batch = torch.stack(pixels)
+        x_0.append(encode(vae, batch) if vae is not None else batch.to(device))
+    return torch.cat(x_0).float(), crops
 
 
 def check_model(pipe, captions: list[str] | None, lora: int | None, model) -> None:
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise LeakstyleError("finetune supports Stable Diffusion 1.x/2.x-style and pixel-space models; "
-                             "SDXL (two text encoders) is not supported yet")
-    if getattr(pipe, "text_encoder", None) is not None and captions is None:
+    check_conditioning(pipe, model)
+    text_model = getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None
+    if text_model and captions is None:
         raise LeakstyleError("no captions: put a metadata.jsonl ({\"file_name\": ..., \"text\": ...} per line) in the "
                              "image folder, or pass --prompt for all images")
     if lora and not hasattr(pipe.unet, "add_adapter"):
@@ -279,24 +303,32 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
              steps: int = 500, lr: float | None = None, batch_size: int = 4, grad_accum: int = 1,
              resolution: int | str | None = None, mixed_precision: str = "no", gradient_checkpointing: bool = False,
              seed: int = 0, lora: int | None = None, noise: str = "style", kind: str = "dct", components: int = 3,
-             checkpoint_every: int = 250, resume: bool = False, force: bool = False, device: str | None = None,
+             checkpoint_every: int = 250, timestep_sampling: str = "uniform", logsnr_mean: float | None = None,
+             logsnr_std: float | None = None, resume: bool = False, force: bool = False, device: str | None = None,
              progress: bool = True, callback: Callable[[int, float], None] | None = None) -> Path:
     """Fine-tune `model` on `images` with Diffusion in Style (noise="style") or standard noise; write `out`.
 
     Captions come from `prompt` or the folders' metadata.jsonl. `lr` defaults to 1e-5 (full) or 1e-4 (`lora` rank).
     The style distribution is `kind` ("dct" with `components`, or "pixel") statistics of the images' latents at `resolution`.
-    A checkpoint is written every `checkpoint_every` steps and at the end; `resume` continues from the last one.
+    Timesteps are drawn uniformly, or with timestep_sampling="logsnr" by log-SNR from N(logsnr_mean, logsnr_std^2)
+    (default N(-3, 2^2), see LOGSNR_MEAN; loss.LogSNRTimesteps). SDXL models get their size conditions from each
+    image's original size and crop. A checkpoint is written every `checkpoint_every` steps and at the end;
+    `resume` continues from the last one.
     `callback(step, loss)` runs after each optimizer step. All user errors are raised before training starts.
     """
     out = Path(out)
     paths, captions = training_images(images, prompt)
     resolution = "x".join(map(str, parse_resolution(resolution))) if resolution is not None else None
     base = model if model is None or not Path(model).exists() else os.path.abspath(model)
+    if timestep_sampling == "logsnr":
+        logsnr_mean = LOGSNR_MEAN if logsnr_mean is None else float(logsnr_mean)
+        logsnr_std = LOGSNR_STD if logsnr_std is None else float(logsnr_std)
     options = Options(model=None if base is None else str(base), images=digest_paths(paths),
                       captions=digest_captions(captions), steps=steps, lr=lr if lr is not None else (1e-4 if lora else 1e-5),
                       batch_size=batch_size, grad_accum=grad_accum, resolution=resolution, mixed_precision=mixed_precision,
                       gradient_checkpointing=gradient_checkpointing, seed=seed, lora=lora, noise=noise, kind=kind,
-                      components=components, checkpoint_every=checkpoint_every)
+                      components=components, checkpoint_every=checkpoint_every, timestep_sampling=timestep_sampling,
+                      logsnr_mean=logsnr_mean, logsnr_std=logsnr_std)
     check_options(options)
     start, clear = plan_output(out, options, resume, force)
     if start == steps and read_record(out)["status"] == "done":
@@ -329,9 +361,9 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
     else:
         style = fit(paths, pipe=pipe, kind=kind, components=components, resolution=(width, height),
                     strict=True, progress=progress and main)
-    x_0 = encode_images(pipe, paths, width, height)
-    text = encode_captions(pipe, captions) if getattr(pipe, "text_encoder", None) is not None else None
-    for frozen in (vae_of(pipe), getattr(pipe, "text_encoder", None)):
+    x_0, crops = encode_images(pipe, paths, width, height)
+    cond = training_conditioning(pipe, captions, crops, target_size=(height, width)).to(accelerator.device)
+    for frozen in (vae_of(pipe), getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
         if frozen is not None:
             frozen.requires_grad_(False).to("cpu")
 
@@ -353,8 +385,8 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
     if start > 0:
         accelerator.load_state(str(checkpoints(out)[-1][1]))
 
-    loss_fn = training_loss(noise, style, schedule, accelerator.device)
-    run_steps(accelerator, unet, optimizer, loss_fn, x_0, text, options, start, out, progress and main, callback)
+    loss_fn = training_loss(noise, style, schedule, accelerator.device, timestep_draw(options, schedule))
+    run_steps(accelerator, unet, optimizer, loss_fn, x_0, cond, options, start, out, progress and main, callback)
 
     if main:
         export(pipe, accelerator.unwrap_model(unet), out, bool(lora))
@@ -386,10 +418,18 @@ def noise_schedule(pipe):
     return schedule
 
 
-def training_loss(noise: str, style: StyleDistribution, schedule, device) -> DenoisingLoss:
-    """Diffusion in Style (noise="style") or standard fine-tuning (noise="standard"): the same loss, other noise."""
+def timestep_draw(options: Options, schedule):
+    """Uniform timesteps, or the log-SNR draw of --timestep-sampling logsnr on the training schedule."""
+    if options.timestep_sampling == "logsnr":
+        return LogSNRTimesteps(schedule.alphas_cumprod, options.logsnr_mean, options.logsnr_std)
+    return UniformTimesteps(len(schedule.alphas_cumprod))
+
+
+def training_loss(noise: str, style: StyleDistribution, schedule, device, timesteps=None) -> DenoisingLoss:
+    """Diffusion in Style (noise="style") or standard fine-tuning (noise="standard"): the same loss, other noise.
+    `timesteps` is a loss.UniformTimesteps (the default) or loss.LogSNRTimesteps."""
     source = StyleNoise(style) if noise == "style" else StandardNoise()
-    return DenoisingLoss(source, schedule.alphas_cumprod.to(device), schedule.config.prediction_type)
+    return DenoisingLoss(source, schedule.alphas_cumprod.to(device), schedule.config.prediction_type, timesteps)
 
 
 def trainable_unet(pipe, options: Options, accelerator):
@@ -413,7 +453,7 @@ def trainable_unet(pipe, options: Options, accelerator):
     return unet, [p for p in unet.parameters() if p.requires_grad]
 
 
-def run_steps(accelerator, unet, optimizer, loss_fn, x_0, text, options: Options, start: int, out: Path,
+def run_steps(accelerator, unet, optimizer, loss_fn, x_0, cond: Conditioning, options: Options, start: int, out: Path,
               progress: bool, callback) -> None:
     """Optimizer steps start+1 .. options.steps, each of grad_accum micro-batches per process."""
     o = options
@@ -426,9 +466,8 @@ def run_steps(accelerator, unet, optimizer, loss_fn, x_0, text, options: Options
             for k in range((step - 1) * o.grad_accum, step * o.grad_accum):
                 i = batch_indices(n, o.seed, k, o.batch_size, P, p).to(device)
                 generator = torch.Generator(device).manual_seed(derived_seed(o.seed, "noise", k, p))
-                cond = {} if text is None else {"encoder_hidden_states": text[i]}
                 with accelerator.accumulate(unet):
-                    loss = loss_fn(unet, x_0[i], generator, **cond)
+                    loss = loss_fn(unet, x_0[i], generator, **cond.batch(i))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -1,7 +1,8 @@
-"""The denoising loss, with the noise it trains on as a constructor argument.
+"""The denoising loss, with the noise it trains on and the timesteps it trains at as constructor arguments.
 
 Standard fine-tuning draws eps ~ N(0, I). Diffusion in Style (Everaert et al., ICCV 2023) draws it from the
 style distribution N(mu_style, Sigma_style) of the style images' latents. Nothing else differs.
+Timesteps are uniform (DDPM), or drawn by log-SNR from a normal shifted toward high noise (Choi et al. 2024).
 """
 
 from __future__ import annotations
@@ -40,28 +41,63 @@ class StyleNoise:
         return self.on(x_0.device).sample(B, H, W, generator=generator, device=x_0.device, dtype=x_0.dtype)
 
 
+class UniformTimesteps:
+    """t ~ U{0, ..., T-1}, as DDPM (and diffusers' training scripts) train."""
+
+    def __init__(self, T: int):
+        self.T = T
+
+    def __call__(self, B: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randint(0, self.T, (B,), generator=generator, device=device)
+
+
+class LogSNRTimesteps:
+    """A style-friendly timestep draw (Choi et al. 2024, "Style-Friendly SNR Sampler for Style-Driven Generation").
+
+        lambda ~ N(mean, std^2),   t = argmin_t | lambda_t - lambda |,   lambda_t = log(abar_t / (1 - abar_t))
+
+    The log-SNR lambda_t of a 1000-step schedule spans a finite range (SD's: 7.07 at t = 0 to -5.36 at t = 999),
+    so a draw beyond it trains at the end timestep it is nearest to: the nearest timestep by log-SNR is a clamp.
+    `alphas_cumprod` [T] is the training schedule's abar_t.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, mean: float = -3.0, std: float = 2.0):
+        if not std > 0:
+            raise ValueError(f"the log-SNR std must be positive, got {std}")
+        abar_t = alphas_cumprod.double()
+        self.lambda_t = (abar_t.log() - (1 - abar_t).log()).float()
+        self.mean, self.std = mean, std
+
+    def __call__(self, B: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        lam = self.mean + self.std * torch.randn(B, generator=generator, device=device)
+        return (self.lambda_t.to(lam.device)[None, :] - lam[:, None]).abs().argmin(dim=1)
+
+
 class DenoisingLoss:
     """The DDPM training loss (Ho et al. 2020) in epsilon or v parameterisation (Salimans & Ho 2022).
 
-        t ~ U{0, ..., T-1},  eps ~ noise,  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+        t ~ timesteps (U{0, ..., T-1} by default),  eps ~ noise,  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
         target = eps  (epsilon)   or   sqrt(abar_t) eps - sqrt(1 - abar_t) x_0  (v_prediction)
         L = mean || F(x_t, t, c) - target ||^2
 
     `noise` is StandardNoise() for ordinary fine-tuning and StyleNoise(style) for Diffusion in Style.
-    `alphas_cumprod` [T] is the training schedule's abar_t, on the device x_0 will be on.
+    `alphas_cumprod` [T] is the training schedule's abar_t, on the device x_0 will be on. `timesteps` is
+    UniformTimesteps(T) (the default) or LogSNRTimesteps(alphas_cumprod, mean, std).
     """
 
-    def __init__(self, noise, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+    def __init__(self, noise, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", timesteps=None):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction type {prediction_type!r} is not supported: use epsilon or v_prediction")
         self.noise = noise
         self.alphas_cumprod = alphas_cumprod
         self.prediction_type = prediction_type
+        self.timesteps = timesteps if timesteps is not None else UniformTimesteps(len(alphas_cumprod))
 
     def __call__(self, unet, x_0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
-        """x_0 [B, C, H, W] in model units; `cond` goes to the UNet (encoder_hidden_states=...). Returns a scalar."""
+        """x_0 [B, C, H, W] in model units; `cond` goes to the UNet (encoder_hidden_states=..., and SDXL's
+        added_cond_kwargs=...). Returns a scalar."""
         B = x_0.shape[0]
-        t = torch.randint(0, len(self.alphas_cumprod), (B,), generator=generator, device=x_0.device)
+        t = self.timesteps(B, generator, x_0.device)
         eps = self.noise(x_0, generator)
         abar_t = self.alphas_cumprod[t].view(B, 1, 1, 1).to(x_0.dtype)
         x_t = abar_t.sqrt() * x_0 + (1 - abar_t).sqrt() * eps
