@@ -14,9 +14,11 @@ from . import __version__
 from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
-from .images import ImageBatches, digest_paths, list_images, parse_resolution
+from . import distributed
+from .images import parse_resolution
 from .leak import image_size
 from .moments import Moments
+from .sources import Batches, Source, inputs
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
 EMBEDDED_NAME = "leakstyle/mini-sd"  # the embedded model's name in files, whatever its install path
@@ -47,8 +49,13 @@ def default_resolution(pipe) -> tuple[int, int]:
 def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
         resolution: int | str | tuple[int, int] | None = None, space: str | None = None, random_crop: bool = False,
         flip: bool = False, batch_size: int = 8, seed: int = 0, strict: bool = False,
-        progress: bool = True) -> StyleDistribution:
+        progress: bool = True, workers: int = 0) -> StyleDistribution:
     """Fit `kind` ("pixel" or "dct" with `components`) statistics to images in the model's space.
+
+    `images`: files, folders, `@list` files or tar shards (see sources.inputs), or a sources.Source such as
+    sources.HubDataset. `workers` DataLoader processes decode images in parallel (0: this process). Under torchrun
+    or accelerate launch each process fits its share and the moments are all-reduced: every process returns the
+    whole set's distribution (see distributed.combine).
 
     `space` is "latent" (encode with the pipeline's VAE; the default for latent models) or "pixel"
     (pixels in [-1, 1]; the default for pixel-space models). `resolution` is R, "WxH" or (W, H) in pixels,
@@ -64,21 +71,52 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
         raise LeakstyleError(f"unknown space {space!r}: use 'latent' or 'pixel'")
     if space == "latent" and vae is None:
         raise LeakstyleError("latent statistics need a model with a VAE; use --space pixel for pixel-space models")
-    paths = list_images([images] if isinstance(images, (str, os.PathLike)) else images)
-    if len(paths) < MIN_IMAGES:
-        raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
+    source = images if isinstance(images, Source) else inputs([images] if isinstance(images, (str, os.PathLike)) else images)
+    if source.size is not None and source.size < MIN_IMAGES:
+        raise ImageError(f"found {source.size} image; fitting a variance needs at least {MIN_IMAGES} images")
     if resolution is None:
         width, height = default_resolution(pipe)
     elif isinstance(resolution, tuple):
         width, height = resolution
     else:
         width, height = parse_resolution(resolution)
-    batches = ImageBatches(paths, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip,
-                           seed=seed, strict=strict)
+    processes = distributed.from_env()
+    distributed.join(processes, vae.device if space == "latent" else torch.device("cpu"))
+    batches = Batches(source, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip, seed=seed,
+                      strict=strict, workers=workers, rank=processes.rank, world=processes.world_size)
+    moments, error = None, None
+    total = None if source.size is None else len(range(processes.rank, source.size, processes.world_size))
+    with tqdm(total=total, unit="img", desc="fit", disable=not progress or not processes.is_main, leave=False) as bar:
+        try:
+            moments = accumulate(batches, vae if space == "latent" else None, kind, components, bar)
+        except LeakstyleError as e:
+            if processes.world_size == 1:
+                raise
+            error = e  # the other processes raise it too, instead of waiting for this one's moments
+    moments, skipped, first = distributed.combine(moments, batches.skipped, error, kind, components, processes)
+    count = 0 if moments is None else moments.count
+    if count == 0 and skipped:
+        raise ImageError(f"none of the {skipped} images could be decoded (first: {first[0]}: {first[1]})")
+    if skipped and processes.is_main:
+        warnings.warn(f"skipped {skipped} of {count + skipped} images that could not be read "
+                      f"(first: {first[0]}: {first[1]})", SkippedImagesWarning, stacklevel=2)
+    if count < MIN_IMAGES:
+        raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
+    metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",
+                "resolution": f"{width}x{height}", "source_digest": source.digest(),
+                "leakstyle_version": __version__}
+    if space == "latent":
+        scaling, shift = vae_factors(vae)
+        metadata.update(scaling_factor=repr(scaling), shift_factor=repr(shift))
+    return StyleDistribution.from_moments(moments, metadata)
+
+
+def accumulate(batches: Batches, vae, kind: str, components: int, bar=None) -> Moments | None:
+    """Streaming moments of the batches, encoded with `vae` (None: the pixels as they are); None without images."""
     moments = None
-    with tqdm(total=len(paths), unit="img", desc="fit", disable=not progress, leave=False) as bar:
-        for pixels in batches:
-            x = encode(vae, pixels) if space == "latent" else pixels
+    for pixels, read in batches:
+        if pixels is not None:
+            x = encode(vae, pixels) if vae is not None else pixels
             if moments is None:
                 _, C, H, W = x.shape
                 if kind == "dct":
@@ -88,21 +126,9 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
                 else:
                     moments = Moments("pixel", C, H, W)
             moments.update(x)
-            bar.update(len(pixels))
-    if batches.skipped:
-        first, reason = batches.skipped[0]
-        warnings.warn(f"skipped {len(batches.skipped)} of {len(paths)} images that could not be read "
-                      f"(first: {first}: {reason})", SkippedImagesWarning, stacklevel=2)
-    count = 0 if moments is None else moments.count
-    if count < MIN_IMAGES:
-        raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
-    metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",
-                "resolution": f"{width}x{height}", "source_digest": digest_paths(paths),
-                "leakstyle_version": __version__}
-    if space == "latent":
-        scaling, shift = vae_factors(vae)
-        metadata.update(scaling_factor=repr(scaling), shift_factor=repr(shift))
-    return StyleDistribution.from_moments(moments, metadata)
+        if bar is not None:
+            bar.update(read)
+    return moments
 
 
 def merge(styles: Sequence[StyleDistribution]) -> StyleDistribution:
