@@ -122,7 +122,7 @@ def read_list_file(path: Path) -> list[str]:
         if entry.startswith("@"):
             raise ImageError(f"{path}, line {number}: list files cannot name other list files ({entry})")
         full = Path(entry) if os.path.isabs(entry) else path.parent / entry
-        if not full.exists():
+        if not full.exists() and not (is_shard_pattern(entry) and "{" in entry):  # patterns: see expand_shards
             raise ImageError(f"{path}, line {number}: no such file or folder: {full}; fix or remove the line")
         entries.append(str(full))
     if not entries:
