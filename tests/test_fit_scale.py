@@ -125,7 +125,7 @@ def test_tar_shards_fit_like_the_same_images_as_files(tmp_path, images):
     paths = sorted(images.glob("*.png"))
     pattern = write_shards(tmp_path / "tars", paths, per_shard=4)
     options = dict(PIXELS, random_crop=True, flip=True, seed=1)
-    assert_same_fit(quiet_fit(pattern, **options), quiet_fit(paths, **options), atol=1e-10)
+    assert_same_fit(quiet_fit(pattern, workers=2, **options), quiet_fit(paths, **options), atol=1e-10)
 
 
 def test_a_corrupt_tar_member_is_skipped_with_a_warning(tmp_path, images):
@@ -134,6 +134,19 @@ def test_a_corrupt_tar_member_is_skipped_with_a_warning(tmp_path, images):
     with pytest.warns(SkippedImagesWarning, match=r"skipped 1 of 6 .*0004\.png"):
         style = ls.fit(pattern, progress=False, **PIXELS)
     assert style.image_count == 5
+
+
+def test_a_truncated_shard_is_read_up_to_the_break_and_the_rest_skipped_with_a_warning(tmp_path, images):
+    pytest.importorskip("webdataset")
+    paths = sorted(images.glob("*.png"))
+    pattern = write_shards(tmp_path / "tars", paths, per_shard=3)
+    shard = tmp_path / "tars" / "shards-001.tar"
+    blocks = lambda size: 512 * (1 + -(-size // 512))  # noqa: E731  a tar member: header and data, in 512-byte blocks
+    first_sample = blocks(paths[3].stat().st_size) + blocks(len("caption 3"))
+    shard.write_bytes(shard.read_bytes()[:first_sample + 700])  # the second sample's image is cut short
+    with pytest.warns(SkippedImagesWarning, match=r"shards-001\.tar: broken tar data"):
+        style = ls.fit(pattern, progress=False, **PIXELS)
+    assert style.image_count == 4  # shard 000's three, and the one image before the break
 
 
 def test_a_shard_pattern_that_matches_nothing_is_a_one_line_error(tmp_path, capsys):

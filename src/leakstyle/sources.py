@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import io
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,18 +174,29 @@ class TarShards(Source):
 
         samples = wds.WebDataset([str(s) for s in self.shards], shardshuffle=False, nodesplitter=None,
                                  workersplitter=None, empty_check=False, handler=keep_going)
-        index, reported = 0, share.rank == 0 and share.worker == 0  # a broken shard is reported by one worker only
+        index, report = 0, share.rank == 0 and share.worker == 0  # broken tar data is reported by one worker only
+        broken: set[str] = set()
         for sample in samples:
-            for exn in errors:
-                if reported:
-                    yield Record(-1, str(getattr(exn, "url", None) or self.shards[0]), None, f"broken tar data: {exn}")
-            errors.clear()
+            yield from self._broken(errors, broken, report)
             if index in share:
                 yield self._record(index, sample)
             index += 1
+        yield from self._broken(errors, broken, report)
+
+    @staticmethod
+    def _broken(errors: list[Exception], broken: set[str], report: bool) -> Iterator[Record]:
+        """Skipped-record entries (index -1) for tar data webdataset could not read, one per shard (the rest of
+        that shard is lost); `errors` is emptied."""
         for exn in errors:
-            if reported:
-                yield Record(-1, str(self.shards[-1]), None, f"broken tar data: {exn}")
+            message = str(exn.args[0]) if exn.args else type(exn).__name__
+            files = [a for a in exn.args if hasattr(a, "name")]  # webdataset appends the open stream, or names it
+            found = re.search(r"name='([^']+)'", message)
+            shard = str(files[0].name) if files else found[1] if found else "a tar shard"
+            if report and shard not in broken:
+                broken.add(shard)
+                reason = re.sub(r" @ <.*>$", "", message)
+                yield Record(-1, shard, None, f"broken tar data, the rest of the shard is skipped ({reason})")
+        errors.clear()
 
     def _record(self, index: int, sample: dict) -> Record:
         name = f"{sample.get('__url__', '')}:{sample.get('__key__', '')}"
