@@ -96,8 +96,7 @@ class Report:
 
     error: tuple[bool, str] | None  # (is an ImageError, message)
     shape: tuple[int, int, int] | None  # [C, H, W] of its tensors; None when it fitted none
-    skipped: int
-    first_skipped: tuple[str, str] | None
+    skipped: list[tuple[str, str]]  # (name, reason) of the images it could not read
 
 
 def _flat(m: Moments) -> torch.Tensor:
@@ -129,35 +128,33 @@ def all_reduce_moments(moments: Moments) -> Moments:
 
 
 def combine(moments: Moments | None, skipped: list[tuple[str, str]], error: LeakstyleError | None, kind: str,
-            components: int, processes: Processes) -> tuple[Moments | None, int, tuple[str, str] | None]:
-    """The moments of all processes' images, their number of skipped images and the first skipped (name, reason).
+            components: int, processes: Processes) -> tuple[Moments | None, list[tuple[str, str]]]:
+    """The moments of all processes' images, and every process's skipped images (name, reason), sorted by name.
 
     Every process takes part, one that fitted no image too (it adds zeros). A user error met by any process is
-    raised by all (SharedError, or an ImageError for image errors), before the all-reduce."""
-    first = skipped[0] if skipped else None
+    raised by all (SharedError, or SharedImageError for image errors), before the all-reduce."""
     if processes.world_size == 1:
         if error is not None:
             raise error
-        return moments, len(skipped), first
+        return moments, skipped
     import torch.distributed as dist
 
     shape = None if moments is None else (moments.channels, moments.height, moments.width)
-    mine = Report(None if error is None else (isinstance(error, ImageError), str(error)), shape, len(skipped), first)
+    mine = Report(None if error is None else (isinstance(error, ImageError), str(error)), shape, skipped)
     reports: list[Report] = [None] * processes.world_size  # type: ignore[list-item]
     dist.all_gather_object(reports, mine)
     failed = next((r.error for r in reports if r.error is not None), None)
     if failed is not None:
         is_image_error, message = failed
         raise (SharedImageError if is_image_error else SharedError)(message)
-    total_skipped = sum(r.skipped for r in reports)
-    first = next((r.first_skipped for r in reports if r.first_skipped is not None), None)
+    skipped = sorted(s for r in reports for s in r.skipped)
     shapes = {r.shape for r in reports if r.shape is not None}
     if not shapes:
-        return None, total_skipped, first
+        return None, skipped
     if len(shapes) > 1:
         raise SharedError(f"the processes fitted tensors of different shapes {sorted(shapes)}; run them with the same "
                           "options")
     if moments is None:
         C, H, W = shapes.pop()
         moments = Moments.for_dct(C, H, W, components) if kind == "dct" else Moments("pixel", C, H, W)
-    return all_reduce_moments(moments), total_skipped, first
+    return all_reduce_moments(moments), skipped

@@ -93,13 +93,13 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
             if processes.world_size == 1:
                 raise
             error = e  # the other processes raise it too, instead of waiting for this one's moments
-    moments, skipped, first = distributed.combine(moments, batches.skipped, error, kind, components, processes)
+    moments, skipped = distributed.combine(moments, batches.skipped, error, kind, components, processes)
     count = 0 if moments is None else moments.count
     if count == 0 and skipped:
-        raise ImageError(f"none of the {skipped} images could be decoded (first: {first[0]}: {first[1]})")
+        raise ImageError(f"none of the {len(skipped)} images could be decoded (first: {skipped[0][0]}: {skipped[0][1]})")
     if skipped and processes.is_main:
-        warnings.warn(f"skipped {skipped} of {count + skipped} images that could not be read "
-                      f"(first: {first[0]}: {first[1]})", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} of {count + len(skipped)} images that could not be read "
+                      f"(first: {skipped[0][0]}: {skipped[0][1]})", SkippedImagesWarning, stacklevel=2)
     if count < MIN_IMAGES:
         raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
     metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",

@@ -23,7 +23,7 @@ import torch
 
 from .errors import ImageError, LeakstyleError
 from .images import (IMAGE_SUFFIXES, CorruptImageError, decode_image, digest_paths, image_rng, list_images,
-                     resize_and_crop, to_tensor)
+                     open_image, resize_and_crop, to_tensor)
 
 SCALE_EXTRA = "pip install 'leakstyle[scale]'"
 TAR_SUFFIX = ".tar"
@@ -361,9 +361,11 @@ class _DecodedImages(torch.utils.data.IterableDataset):
     def decode(self, record: Record) -> Decoded:
         if record.file is None:
             return Decoded(record.index, record.name, None, reason=record.reason)
-        file = record.file if isinstance(record.file, Path) else io.BytesIO(record.file)
         try:
-            image = decode_image(file, record.name)
+            if isinstance(record.file, Path):
+                image = open_image(record.file)
+            else:
+                image = decode_image(io.BytesIO(record.file), record.name)
             image = resize_and_crop(image, *self.size, *self.crop, rng=image_rng(self.seed, record.index))
         except CorruptImageError as exc:
             return Decoded(record.index, record.name, None, reason=exc.reason)
