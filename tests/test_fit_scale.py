@@ -223,10 +223,24 @@ def test_a_column_that_holds_no_images_is_refused(tmp_path, parquet_dataset, cap
     assert "not images" in line
 
 
-def test_images_and_a_dataset_together_are_refused(tmp_path, images, capsys):
-    line = run_error(["fit", str(images), "--dataset", "x", "--space", "pixel", "--resolution", "16",
+@pytest.mark.parametrize("args,message", [
+    (["IMAGES", "--dataset", "x"], "not both"),
+    ([], "no images given"),
+    (["IMAGES", "--streaming"], "--streaming applies to --dataset only"),
+    (["IMAGES", "--image-column", "jpg"], "--image-column applies to --dataset and tar shards only"),
+])
+def test_input_options_that_do_not_fit_together_are_refused(tmp_path, images, capsys, args, message):
+    args = [str(images) if a == "IMAGES" else a for a in args]
+    line = run_error(["fit", *args, "--space", "pixel", "--resolution", "16", "-o", str(tmp_path / "o.st")], capsys)
+    assert message in line
+
+
+def test_a_dataset_that_cannot_be_loaded_is_a_one_line_error(tmp_path, hf_datasets, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.unknownformat").write_text("x")
+    line = run_error(["fit", "--dataset", str(tmp_path / "notes"), "--space", "pixel", "--resolution", "16",
                       "-o", str(tmp_path / "o.st")], capsys)
-    assert "not both" in line
+    assert "cannot load dataset" in line
 
 
 # -- several processes (torchrun, gloo) ---------------------------------------------------------------------
