@@ -164,6 +164,9 @@ class TarShards(Source):
     shards: list[Path]
     member: str | None = None
 
+    def __post_init__(self) -> None:
+        require("webdataset", "tar shards")  # here, not in a DataLoader worker, whose errors come back as tracebacks
+
     def records(self, share: Share) -> Iterator[Record]:
         wds = require("webdataset", "tar shards")
         errors: list[Exception] = []
