@@ -3,8 +3,6 @@ writes (numbered PNGs with A1111 parameters, batch by batch) does not depend on 
 
 import json
 import math
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -53,8 +51,8 @@ def test_leading_spacing_with_steps_offset_refuses_the_maximum_whose_first_times
 
 
 def test_dpm_solver_leading_refuses_step_counts_whose_schedule_leaves_the_training_range():
-    s = make_scheduler("dpm++2m", sd15_ddim().config, timestep_spacing="leading")
-    assert allowed_steps(s) == (1, 998)  # 999 would start at t = 1000, 1000 collapse every timestep onto 1
+    s = make_scheduler("dpm++2m", DDIMScheduler(**{**SD15_SCHEDULE, "num_train_timesteps": 100}).config, timestep_spacing="leading")
+    assert allowed_steps(s) == (1, 98)  # 99 would start at t = 100, 100 collapse every timestep onto 1
 
 
 def test_pndm_with_runge_kutta_warm_up_needs_four_steps():
@@ -301,9 +299,9 @@ def test_a_baseline_name_taken_meanwhile_keeps_image_and_baseline_together(tmp_p
 
 
 def test_generate_has_no_force_option_since_it_never_overwrites(tmp_path, sd_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["generate", "--model", str(sd_path), "--prompt", "x", "--force", "--out", str(tmp_path / "o")])
-    assert "--force" in capsys.readouterr().err
+    line = run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--force", "--out", str(tmp_path / "o")],
+                     capsys)  # argparse errors are one line and exit 2 (main returns 2, no SystemExit)
+    assert "--force" in line
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, sd_path, capsys):
@@ -376,17 +374,35 @@ def test_cli_timestep_spacing_is_recorded(tmp_path, sd_path):
     assert json.loads(Image.open(tmp_path / "o" / "0000-seed0.png").text["leakstyle"])["timestep_spacing"] == "linspace"
 
 
-# -- 11. module dependencies -----------------------------------------------------------------------------------
-def test_the_pipeline_does_not_import_the_training_code():
-    code = "import sys, leakstyle.pipeline; print('leakstyle.finetune' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"]
-
-
-def test_cli_refuses_steps_from_the_scheduler_config_before_loading_the_model(tmp_path, sd_path, capsys, monkeypatch):
+@pytest.mark.parametrize("argv,message", [(["--prompt", "x", "--steps", "1000"], "choose from 1 to 999"),
+                                          (["--steps", "2"], "give a prompt")])
+def test_cli_refuses_what_the_model_configs_tell_before_loading_the_model(tmp_path, sd_path, capsys, monkeypatch,
+                                                                          argv, message):
     from leakstyle import pipeline
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded")
     monkeypatch.setattr(pipeline, "load_pipeline", no_loading)
-    assert "choose from 1 to 999" in run_error(["generate", "--model", str(sd_path), "--prompt", "x", "--steps", "1000",
-                                                "--out", str(tmp_path / "o")], capsys)
+    assert message in run_error(["generate", "--model", str(sd_path), *argv, "--out", str(tmp_path / "o")], capsys)
+
+
+def test_a_pixel_model_needs_no_prompt(tmp_path, pixel_path):
+    assert main(["generate", "--model", str(pixel_path), "--steps", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_numpy_whole_numbers_are_taken_like_ints(sd):
+    image = generate(sd, "a cat", seed=np.int64(3), num_inference_steps=np.int64(1), guidance_scale=np.float32(1.0),
+                     height=np.int64(32))[0]
+    assert image.info["seed"] == 3 and image.size == (32, 32)
+
+
+@pytest.mark.parametrize("wanted,actual,refused", [("cpu", "cpu", False), ("cuda", "cuda:0", False),
+                                                   ("cuda:0", "cuda:0", False), ("cuda:1", "cuda:0", True),
+                                                   ("cuda", "cpu", True)])
+def test_finetune_refuses_a_device_accelerate_would_not_use(wanted, actual, refused):
+    from leakstyle.finetune import check_accelerator_device
+    if refused:
+        with pytest.raises(LeakstyleError, match="CUDA_VISIBLE_DEVICES"):
+            check_accelerator_device(torch.device(wanted), torch.device(actual))
+    else:
+        check_accelerator_device(torch.device(wanted), torch.device(actual))

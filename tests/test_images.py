@@ -194,6 +194,25 @@ def test_open_image_raises_corrupt_image_error_naming_a_truncated_file(tmp_path:
         open_image(path)
 
 
+@pytest.mark.parametrize("kind", ["dangling", "looping"])
+def test_open_image_names_a_broken_symbolic_link(tmp_path: Path, kind: str) -> None:
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "gone.png" if kind == "dangling" else link)
+    with pytest.raises(CorruptImageError, match="symbolic link") as info:
+        open_image(link)
+    assert info.value.path == link
+
+
+def test_list_images_keeps_a_broken_link_in_a_folder_for_the_batches_to_skip(tmp_path: Path) -> None:
+    noise(8, 8).save(tmp_path / "a.png")
+    noise(8, 8, seed=1).save(tmp_path / "b.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    paths = list_images([tmp_path])
+    batches = ImageBatches(paths, 8, 8)
+    assert sum(len(b) for b in batches) == 2
+    assert [p.name for p, _ in batches.skipped] == ["c.png"]
+
+
 def test_open_image_raises_corrupt_image_error_for_a_non_image(tmp_path: Path) -> None:
     path = tmp_path / "fake.png"
     path.write_bytes(b"this is text, not a PNG")

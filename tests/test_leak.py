@@ -143,6 +143,7 @@ def test_generate_with_a_scheduler_leaves_the_pipelines_own(sd):
 
 
 
-def test_import_leakstyle_does_not_import_diffusers():
-    code = "import sys, leakstyle; print('diffusers' in sys.modules, 'transformers' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
+def test_import_leakstyle_does_not_import_diffusers_nor_the_training_code():
+    code = ("import sys, leakstyle; "
+            "print('diffusers' in sys.modules, 'transformers' in sys.modules, 'leakstyle.finetune' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"] * 3

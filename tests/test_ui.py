@@ -1,18 +1,20 @@
 """The web UI's callbacks on a tiny model, without a browser: what Generate makes, and errors as page messages."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from leakstyle import testing, ui
+from leakstyle import metrics, testing, ui
 from leakstyle.cli import main
-from leakstyle.demo import mean_colors
 from leakstyle.distribution import StyleDistribution
 from leakstyle.encode import to_hex
 from leakstyle.files import save
@@ -65,8 +67,8 @@ def test_run_returns_a_leak_and_a_pure_noise_image_per_seed(model, tmp_path):
 
 def test_the_baseline_is_generate_without_a_style_for_the_same_seed(model):
     result = ui.run(model, "a cat", seed=3, num_images=2, color="#00ff00", **FAST)
-    expected = generate(model.pipe, "a cat", style=None, seed=3, num_images=2, num_inference_steps=2)
-    for got, want in zip(result.baseline, expected):
+    expected = [generate(model.pipe, "a cat", style=None, seed=3 + i, num_inference_steps=2)[0] for i in range(2)]
+    for got, want in zip(result.baseline, expected, strict=True):
         assert np.array_equal(pixels(got), pixels(want))
 
 
@@ -102,15 +104,56 @@ def test_the_size_can_be_chosen(model):
     assert result.leak[0].size == result.baseline[0].size == (48, 24)
 
 
-def test_the_page_shows_each_image_with_its_mean_colour(model):
+def test_the_size_sliders_offer_every_multiple_of_8(model):
+    assert ui.size_step(model.pipe) == 8
+    result = ui.run(model, "a cat", width=72, height=40, **FAST)  # a step of 16 refused these
+    assert result.leak[0].size == (72, 40)
+
+
+def test_the_page_shows_each_image_with_the_colour_the_report_measures(model):
     text, table, files, _ = page(model, seed=2, num_images=2, use_color=True, color="#d01818")
     assert text.startswith("2 images from the leak and 2 from pure noise (seeds 2–3)")
     assert table.count('<img class="leak') == 2 and table.count('<img class="baseline') == 2
-    assert "requested" in table and "#d01818" in table
+    assert "requested" in table and "#d01818" in table and "4-pixel border" in table
     result = ui.run(model, "a cat", seed=2, num_images=2, color="#d01818", **FAST)  # the same images again
-    for hexcode in [to_hex(c) for c in mean_colors(result.leak + result.baseline)]:
-        assert hexcode in table
+    for image in result.leak + result.baseline:  # the report's colour-control measure: the mean border colour
+        rgb = metrics.as_rgb(image)
+        assert to_hex(rgb[metrics.border_mask(*rgb.shape[:2])].mean(0) * 255) in table
+    for error in metrics.color_errors(result.leak, "#d01818", mask="border"):
+        assert f"ΔE {error:.1f}" in table
     assert len(files) == 4 and all(f.endswith(".png") for f in files)
+
+
+def test_the_page_shows_the_png_files_that_carry_the_parameters(model):
+    _, table, files, _ = page(model, seed=4, use_color=True, color="#d01818")
+    sources = [unquote(src.removeprefix("gradio_api/file=")) for src in re.findall(r'<img[^>]* src="([^"]+)"', table)]
+    assert sorted(sources) == sorted(files)  # not arrays: the files themselves
+    params = json.loads(Image.open(sources[0]).text["leakstyle"])
+    assert params["seed"] == 4 and params["color"] == "#d01818"
+
+
+def test_the_pages_progress_says_what_is_running(model, images):
+    seen = []
+    page(model, source="fit images", images=images, num_images=2, progress=lambda f, text: seen.append((f, text)))
+    texts = [text for _, text in seen]
+    assert texts[0] == "fitting dct statistics to 4 images"
+    assert texts[1:5] == ["leak images 1/2", "leak images 2/2", "pure-noise images 1/2", "pure-noise images 2/2"]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_single_unreadable_upload_says_it_cannot_be_read(model, tmp_path):
+    (tmp_path / "one.png").write_bytes(b"not a png")
+    text = error_text(model, source="fit images", images=[str(tmp_path / "one.png")])
+    assert "cannot decode image" in text and "one.png" in text and "at least 2" not in text
+
+
+def test_uploads_show_as_thumbnails_with_their_count(images):
+    shown = ui.uploads_html(images)
+    assert "4 style images uploaded" in shown and shown.count("<img ") == 4
+    assert all(ui.file_url(p) in shown for p in images)
+    assert "1 style image uploaded" in ui.uploads_html(images[:1])
+    assert "No style images" in ui.uploads_html(None)
 
 
 def test_without_style_or_colour_the_page_says_both_start_from_pure_noise(model):
@@ -132,8 +175,8 @@ def test_uploaded_images_are_fitted_once_and_offered_for_download(model, images)
 def test_a_style_file_is_loaded(model, images, tmp_path):
     style, _ = ui.style_for(model, "fit images", images, kind="dct", components=1)
     save(style.distribution, tmp_path / "mine.safetensors")
-    text, table, files, _ = page(model, source="style file", style_file=str(tmp_path / "mine.safetensors"))
-    assert "Error" not in text and "no style" not in text and files[-1].endswith("mine.safetensors")
+    text, table, downloads, _ = page(model, source="style file", style_file=str(tmp_path / "mine.safetensors"))
+    assert "Error" not in text and "no style" not in text and downloads[-1].endswith("mine.safetensors")
 
 
 def test_a_finetuned_model_starts_from_its_style_noise_and_the_baseline_from_pure_noise(sd_path):
@@ -205,7 +248,7 @@ def test_random_seed_is_a_valid_seed():
 def test_the_app_builds_with_the_models_size_and_schedulers(model):
     app = ui.build_app(model)
     config = {c.elem_id: c for c in app.blocks.values() if getattr(c, "elem_id", None)}
-    assert config["width"].value == 32 and config["height"].value == 32 and config["width"].step == 4
+    assert config["width"].value == 32 and config["height"].value == 32 and config["width"].step == 8
     assert config["scheduler"].value == "ddim" and "euler-a" in [c[0] for c in config["scheduler"].choices]
     assert {"prompt", "seed", "random-seed", "style-images", "style-file", "color", "strength", "generate",
             "status", "results", "downloads"} <= set(config)
@@ -225,3 +268,26 @@ def test_the_pages_files_live_in_one_folder_that_is_removed_at_exit(model):
     code = "from leakstyle import ui; folder = ui.workdir(); (folder / 'x.png').write_bytes(b'1'); print(folder)"
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert printed.strip().startswith("/") and not Path(printed.strip()).exists()
+
+
+def test_the_pages_folder_is_removed_on_sigterm_too():
+    code = ("import time; from leakstyle import ui; folder = ui.workdir(); (folder / 'x.png').write_bytes(b'1'); "
+            "print(folder, flush=True); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    folder = Path(child.stdout.readline().strip())
+    assert folder.is_dir()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not folder.exists()
+
+
+def test_the_prompt_box_suggests_emoji_names_for_the_embedded_model_only(model):
+    def placeholder(m):
+        app = ui.build_app(m)
+        return next(c for c in app.blocks.values() if getattr(c, "elem_id", None) == "prompt").placeholder
+
+    assert placeholder(model) is None  # another model: no hint
+    from leakstyle.pipeline import EMBEDDED_MODEL
+    if not (EMBEDDED_MODEL / "model_index.json").exists():
+        pytest.skip("embedded model not built yet")
+    assert "emoji name" in placeholder(ui.open_model(None, device="cpu"))

@@ -4,7 +4,6 @@ On the embedded model (which reads the leak) the images' mean colour must move t
 compared with the pure-noise image of the same seed. On the tiny random model only the browser flow is checked.
 """
 
-import base64
 import io
 import socket
 import time
@@ -31,9 +30,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def decode(src: str) -> np.ndarray:
-    """Pixels [H, W, 3] of a data: URI image."""
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"), dtype=np.float64)
+def fetch(page, src: str) -> Image.Image:
+    """The image file the page shows at `src` (the browser's resolved address), as the browser gets it."""
+    response = page.request.get(src)
+    assert response.ok, src
+    return Image.open(io.BytesIO(response.body()))
+
+
+def decode(image: Image.Image) -> np.ndarray:
+    """Pixels [H, W, 3]."""
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
 def distance_to(rgb: np.ndarray, hexcode: str) -> float:
@@ -103,8 +109,11 @@ def test_generate_in_the_browser_shows_the_leak_beside_pure_noise(served, page, 
                                                  "0001-seed12-baseline.png", "0001-seed12.png"]
     png = page.request.get(dict(links)["0000-seed11.png"])  # the download carries its parameters
     assert png.ok and f'"color": "{REQUESTED}"' in Image.open(io.BytesIO(png.body())).text["leakstyle"]
-    leak = [decode(s) for s in page.eval_on_selector_all("#results img.leak", "els => els.map(e => e.src)")]
-    baseline = [decode(s) for s in page.eval_on_selector_all("#results img.baseline", "els => els.map(e => e.src)")]
+    shown = [fetch(page, s) for s in page.eval_on_selector_all("#results img.leak", "els => els.map(e => e.src)")]
+    assert f'"color": "{REQUESTED}"' in shown[0].text["leakstyle"]  # the image shown is the PNG, parameters and all
+    leak = [decode(im) for im in shown]
+    baseline = [decode(fetch(page, s))
+                for s in page.eval_on_selector_all("#results img.baseline", "els => els.map(e => e.src)")]
     assert len(leak) == len(baseline) == 2 and all(im.size for im in leak + baseline)
     if check_colour:
         for i, (a, b) in enumerate(zip(leak, baseline)):

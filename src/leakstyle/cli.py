@@ -43,23 +43,24 @@ def file_digest(path: Path) -> str:
 def cmd_fit(args) -> int:
     from . import distributed, sources
     from .files import save
-    from .fit import fit
+    from .fit import fit, fit_options
     from .pipeline import load_pipeline
 
     processes = distributed.from_env()  # under torchrun / accelerate launch: each process fits its share
-    check_output(Path(args.output), args.force)
-    source = sources.from_arguments(args.images, dataset=args.dataset, image_column=args.image_column,
-                                    split=args.split, streaming=args.streaming)
+    check_output(Path(args.out), args.force)
     pipe = None
     if args.space != "pixel" or args.resolution is None or args.model is not None:
         pipe = load_pipeline(args.model, device=distributed.process_device(args.device, processes))
+    fit_options(pipe, args.type, args.components, args.resolution, args.space)  # before the inputs are listed
+    source = sources.from_arguments(args.images, dataset=args.dataset, image_column=args.image_column,
+                                    split=args.split, streaming=args.streaming)
     try:
         style = fit(source, pipe=pipe, kind=args.type, components=args.components, resolution=args.resolution,
                     space=args.space, random_crop=args.random_crop, flip=args.flip, batch_size=args.batch_size,
                     seed=args.seed, strict=args.strict, progress=not args.quiet, workers=args.workers)
         if processes.is_main:  # every process holds the whole result; one writes it
-            save(style, args.output, format=args.format, force=args.force)
-            print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.output}")
+            save(style, args.out, format=args.format, force=args.force)
+            print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.out}")
     finally:
         distributed.leave()
     return 0
@@ -72,15 +73,14 @@ def cmd_generate(args) -> int:
     from .files import load
     from .leak import image_size
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
-    from .pipeline import (call_scheduler, check_generate_options, check_steps_before_loading, iter_generate,
-                           load_pipeline, noise_name)
-    from .schedulers import scheduler_name
+    from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
+    from .schedulers import choose_scheduler, scheduler_name
 
     options = dict(num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler,
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
-    check_steps_before_loading(args.model, args.steps, args.scheduler, args.timestep_spacing)
+    check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
     style = load(args.style) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
@@ -90,7 +90,7 @@ def cmd_generate(args) -> int:
     leak = iter_generate(pipe, style=style, color=args.color, strength=args.strength, on_no_leak="raise", **common)
     baseline = iter_generate(pipe, noise=None, **common) if args.baseline else None  # N(0, I), fine-tuned or not
     height, width = image_size(pipe, args.height, args.width)
-    scheduler = call_scheduler(pipe, args.scheduler, args.timestep_spacing)
+    scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
                   guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"), height=height, width=width,
@@ -210,10 +210,11 @@ def cmd_merge(args) -> int:
 def cmd_demo(args) -> int:
     import time
 
-    from .demo import run_demo
+    from .demo import check_demo, run_demo
     from .pipeline import load_pipeline
 
     start = time.perf_counter()
+    check_demo(args.out, args.n, args.steps, args.force)
     pipe = load_pipeline(args.model, device=args.device)
     index = run_demo(pipe, Path(args.out), model_name=str(args.model or "leakstyle mini-sd (embedded)"), steps=args.steps,
                      n=args.n, force=args.force, progress=not args.quiet)
@@ -271,13 +272,61 @@ def cmd_finetune(args) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
+HIDDEN_ALIASES = frozenset({"--output"})  # older spellings that still parse but are not shown in --help
+
+
+class UsageError(LeakstyleError):
+    """A command line argparse cannot parse: reported like any user error, with where to read the usage."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with leakstyle's error format: one line and a pointer to --help instead of a usage block."""
+
+    def error(self, message):
+        for alias in HIDDEN_ALIASES:
+            message = message.replace(f"/{alias}", "")
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # found after the command's own options: the command's --help says what it takes
+            command = getattr(parsed, "command", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)}; "
+                             f"see {self.prog}{' ' + command if command else ''} --help")
+        return parsed
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless its help already says it, and hides older spellings."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and action.nargs != 0 and default not in (None, argparse.SUPPRESS)
+                and "default" not in text):
+            text += f" (default: {default})"
+        return text
+
+    def _format_action_invocation(self, action):
+        shown = [s for s in action.option_strings if s not in HIDDEN_ALIASES]
+        if shown == action.option_strings:
+            return super()._format_action_invocation(action)
+        copy = argparse.Action(shown, action.dest, nargs=action.nargs, choices=action.choices, metavar=action.metavar)
+        return super()._format_action_invocation(copy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .schedulers import SCHEDULERS
 
-    p = argparse.ArgumentParser(prog="leakstyle", description="Control style, brightness and colour of diffusion "
-                                "models through the noise they start from (signal-leak sampling).")
+    p = Parser(prog="leakstyle", formatter_class=HelpFormatter,
+               description="Control style, brightness and colour of diffusion models through the noise they start "
+                           "from (signal-leak sampling).")
     p.add_argument("--version", action="version", version=f"leakstyle {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help, description=None):
+        return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                              formatter_class=HelpFormatter)
 
     def common(q, model=True, force=True):
         if model:
@@ -287,136 +336,146 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--force", action="store_true", help="overwrite existing outputs")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    f = sub.add_parser("fit", help="fit style statistics to a few images")
+    schedulers = ", ".join(SCHEDULERS)
+    f = command("fit", "fit style statistics to a few images")
     f.add_argument("images", nargs="*", help="image files, folders, @FILE lists (one path a line, relative to the "
                    "list) and/or WebDataset tar shards ('shards-{000..009}.tar')")
-    f.add_argument("-o", "--output", required=True, help="output .safetensors file (or folder with --format official)")
-    f.add_argument("--space", choices=("latent", "pixel"), default=None, help="default: latent for models with a VAE")
-    f.add_argument("--type", choices=("pixel", "dct"), default="dct", help="statistic type (default dct)")
-    f.add_argument("--components", type=int, default=3, help="low-frequency DCT components for --type dct (default 3)")
+    f.add_argument("-o", "--out", "--output", dest="out", required=True,
+                   help="output .safetensors file (or folder with --format official)")
+    f.add_argument("--space", choices=("latent", "pixel"), default=None,
+                   help="where to fit (default: latent for models with a VAE, else pixel)")
+    f.add_argument("--type", choices=("pixel", "dct"), default="dct", help="statistic type")
+    f.add_argument("--components", type=int, default=3, help="low-frequency DCT components for --type dct")
     f.add_argument("--resolution", default=None, help="R or WxH in pixels (default: the model's native size)")
-    f.add_argument("--random-crop", action="store_true")
-    f.add_argument("--flip", action="store_true")
-    f.add_argument("--batch-size", type=int, default=8)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--random-crop", action="store_true", help="crop at a random place instead of the centre")
+    f.add_argument("--flip", action="store_true", help="mirror half of the images at random")
+    f.add_argument("--batch-size", type=int, default=8, help="images encoded at once")
+    f.add_argument("--seed", type=int, default=0, help="seed of --random-crop and --flip")
     f.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping it")
-    f.add_argument("--format", choices=("leakstyle", "official"), default="leakstyle")
+    f.add_argument("--format", choices=("leakstyle", "official"), default="leakstyle",
+                   help="leakstyle: one .safetensors file; official: the research code's folder layout")
     f.add_argument("--dataset", default=None, metavar="NAME_OR_PATH", help="a Hugging Face dataset (hub id or local "
                    "folder) instead of IMAGES; needs pip install 'leakstyle[scale]'")
-    f.add_argument("--image-column", default=None, help="the dataset column holding the images (default image), or "
+    f.add_argument("--image-column", default=None, help="the dataset column holding the images (default: image), or "
                    "the tar member extension (default: the first image one)")
-    f.add_argument("--split", default="train", help="the dataset split (default train)")
+    f.add_argument("--split", default="train", help="the dataset split")
     f.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it first")
     f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes that decode images in "
-                   "parallel (default 0: in the main process)")
+                   "parallel (0: in the main process)")
     common(f)
     f.set_defaults(func=cmd_fit)
 
-    g = sub.add_parser("generate", help="generate images starting from a signal leak",
-                       description="Generate images starting from the signal leak of a style file or a colour. Images "
-                                   "are written to --out as NNNN-seedS.png (and NNNN-seedS-baseline.png), numbered "
-                                   "after the images already there: generate never overwrites a file, so it has no "
-                                   "--force.")
-    g.add_argument("--prompt", default=None)
-    g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--style", default=None, help="style file or official folder")
-    g.add_argument("--color", default=None, help="mean colour of the image, '#rrggbb'")
+    g = command("generate", "generate images starting from a signal leak",
+                description="Generate images starting from the signal leak of a style file or a colour. Images "
+                            "are written to --out as NNNN-seedS.png (and NNNN-seedS-baseline.png), numbered "
+                            "after the images already there: generate never overwrites a file, so it has no "
+                            "--force.")
+    g.add_argument("--prompt", default=None, help="what to draw (default: empty, unconditional)")
+    g.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
+    g.add_argument("--style", default=None, help="style file or official folder (default: none)")
+    g.add_argument("--color", default=None, help="mean colour of the image, '#rrggbb' (default: none)")
     g.add_argument("--strength", type=float, default=1.0, help="0..1: how strongly --color replaces the low frequencies")
-    g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None)
-    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, metavar="NAME",
+                   help=f"{schedulers} (default: the model's own)")
+    g.add_argument("--steps", type=int, default=25, help="inference steps")
     g.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                    help="how the inference timesteps are spread over the training ones; trailing starts at the last "
                         "(default: the scheduler config's)")
-    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     g.add_argument("--seed", type=int, default=0, help="image i uses seed + i; -1 draws a random seed, printed and "
                    "recorded in the PNGs (default: 0)")
-    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--num-images", type=int, default=1, help="how many images")
     g.add_argument("--batch-size", type=int, default=4, help="images sampled at a time; each batch's PNGs are "
                    "written as it finishes, and image i is the same whatever the batch size (default: 4)")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
+    g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
     g.add_argument("--baseline", action="store_true", help="also write the pure-noise image for each seed")
-    g.add_argument("--out", required=True, help="output folder, created when the first image is written; images "
+    g.add_argument("-o", "--out", required=True, help="output folder, created when the first image is written; images "
                    "already there are kept and new ones numbered after them")
     common(g, force=False)
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("inspect", help="print what a style file holds")
-    i.add_argument("file")
+    i = command("inspect", "print what a style file holds")
+    i.add_argument("file", help="style file or official folder")
     i.add_argument("--model", help="decode the mean colour with this model (default: the one the file records, "
                                    "when it is the embedded model or a local folder)")
     i.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_lf_order_option(i)
     i.set_defaults(func=cmd_inspect)
 
-    c = sub.add_parser("convert", help="convert between official folders and leakstyle files")
-    c.add_argument("input")
-    c.add_argument("output")
-    c.add_argument("--to", choices=("official", "leakstyle"), required=True)
-    c.add_argument("--force", action="store_true")
+    c = command("convert", "convert between official folders and leakstyle files",
+                description="Convert a style between the official folder layout of the research code "
+                            "(stats.safetensors + statistic_type.txt) and a leakstyle .safetensors file, losslessly.")
+    c.add_argument("input", help="style file or official folder to read")
+    c.add_argument("output", help="file or folder to write")
+    c.add_argument("--to", choices=("official", "leakstyle"), required=True, help="format to write")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_lf_order_option(c)
     c.set_defaults(func=cmd_convert)
 
-    d = sub.add_parser("demo", help="the whole method on one page (offline, about a minute on a CPU)")
-    d.add_argument("--out", default="leakstyle-demo", help="output folder (default leakstyle-demo/)")
-    d.add_argument("--steps", type=int, default=15)
+    d = command("demo", "the whole method on one page (offline, about a minute on a CPU)")
+    d.add_argument("-o", "--out", default="leakstyle-demo", help="output folder")
+    d.add_argument("--steps", type=int, default=15, help="inference steps")
     d.add_argument("-n", type=int, default=40, help="images per set in the mean-colour plot")
     common(d)
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("report", help="measure pure noise vs the leak against reference images (report.html)")
+    r = command("report", "measure pure noise vs the leak against reference images (report.html)")
     r.add_argument("--reference", nargs="+", required=True, help="reference image files and/or folders")
     r.add_argument("--style", default=None, help="style file (default: a leak fitted to the reference images)")
     r.add_argument("--prompts", default=None, help="text file, one prompt per line, cycled (default: 32 emoji names)")
-    r.add_argument("-n", type=int, default=256, help="images per set (default 256)")
-    r.add_argument("--colors", default=None, help="also measure colour control: '#rrggbb,#rrggbb,...'")
-    r.add_argument("--per-color", type=int, default=32, help="images per requested colour (default 32, at most n)")
-    r.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None)
-    r.add_argument("--steps", type=int, default=25)
-    r.add_argument("--guidance", type=float, default=7.5)
+    r.add_argument("-n", type=int, default=256, help="images per set")
+    r.add_argument("--colors", default=None, help="also measure colour control: '#rrggbb,#rrggbb,...' (default: none)")
+    r.add_argument("--per-color", type=int, default=32, help="images per requested colour, at most n")
+    r.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, metavar="NAME",
+                   help=f"{schedulers} (default: the model's own)")
+    r.add_argument("--steps", type=int, default=25, help="inference steps")
+    r.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     r.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("-o", "--out", required=True, help="output folder")
     common(r)
     r.set_defaults(func=cmd_report)
 
-    t = sub.add_parser("finetune", help="Diffusion in Style: fine-tune the UNet with noise from the style distribution",
-                       description="Fine-tune a model on style images with noise drawn from their style distribution "
-                                   "N(mu_style, Sigma_style) (Diffusion in Style, Everaert et al., ICCV 2023). Runs "
-                                   "data-parallel under `accelerate launch -m leakstyle.cli finetune ...`.")
+    t = command("finetune", "Diffusion in Style: fine-tune the UNet with noise from the style distribution",
+                description="Fine-tune a model on style images with noise drawn from their style distribution "
+                            "N(mu_style, Sigma_style) (Diffusion in Style, Everaert et al., ICCV 2023). Runs "
+                            "data-parallel under `accelerate launch -m leakstyle.cli finetune ...`.")
     t.add_argument("images", nargs="+", help="style images: files and/or folders (captions from FOLDER/metadata.jsonl)")
-    t.add_argument("--out", required=True, help="output folder: the fine-tuned model, its style and checkpoints")
-    t.add_argument("--prompt", default=None, help="one caption for all images (instead of metadata.jsonl)")
-    t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
+    t.add_argument("-o", "--out", required=True, help="output folder: the fine-tuned model, its style and checkpoints")
+    t.add_argument("--prompt", default=None, help="one caption for all images (default: from metadata.jsonl)")
+    t.add_argument("--steps", type=int, default=500, help="optimizer steps")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5, or 1e-4 with --lora)")
-    t.add_argument("--batch-size", type=int, default=4, help="images per micro-batch and process (default 4)")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--batch-size", type=int, default=4, help="images per micro-batch and process")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     t.add_argument("--resolution", default=None, help="R or WxH in pixels (default: the model's native size)")
-    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="autocast precision")
     t.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
     t.add_argument("--seed", type=int, default=0, help="seeds batches, timesteps and noise: the same seed repeats a run")
     t.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank on the "
-                   "UNet's attention layers instead of all weights")
+                   "UNet's attention layers instead of all weights (default: full fine-tuning)")
     t.add_argument("--noise", choices=("style", "standard"), default="style",
                    help="style: Diffusion in Style (default); standard: N(0, I), for comparison")
-    t.add_argument("--type", choices=("pixel", "dct"), default="dct", help="style statistic type (default dct)")
-    t.add_argument("--components", type=int, default=3, help="low-frequency DCT components (default 3)")
+    t.add_argument("--type", choices=("pixel", "dct"), default="dct", help="style statistic type")
+    t.add_argument("--components", type=int, default=3, help="low-frequency DCT components")
     t.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="checkpoint every N steps and at "
                    "the end (default 250; 0: only at the end)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     common(t)
     t.set_defaults(func=cmd_finetune)
 
-    w = sub.add_parser("ui", help="a local web page for the whole method (Gradio)")
+    w = command("ui", "a local web page for the whole method (Gradio)")
     w.add_argument("--model", help="diffusers folder or hub id (default: the embedded miniature model)")
     w.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    w.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    w.add_argument("--port", type=int, default=None, help="port 0..65535 (default: the first free one from 7860)")
     w.set_defaults(func=cmd_ui)
 
-    m = sub.add_parser("merge", help="merge style files fitted apart on shards of one image set")
-    m.add_argument("files", nargs="+")
-    m.add_argument("-o", "--output", required=True)
-    m.add_argument("--force", action="store_true")
+    m = command("merge", "merge style files fitted apart on shards of one image set",
+                description="Merge style files fitted apart on shards of one image set (same type, shape and space) "
+                            "into one, as if fitted to all the images at once.")
+    m.add_argument("files", nargs="+", help="style files to merge")
+    m.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", required=True, help="output .safetensors file")
+    m.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_lf_order_option(m)
     m.set_defaults(func=cmd_merge)
     return p
@@ -427,7 +486,13 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"leakstyle: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version: already printed
+        return e.code or 0
     warnings.showwarning = show_warning
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

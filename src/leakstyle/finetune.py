@@ -304,11 +304,13 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     from accelerate import Accelerator
 
-    on_cpu = device is not None and resolve_device(device).type == "cpu"
+    wanted = resolve_device(device) if device is not None else None
     try:
-        accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=on_cpu)
+        accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                                  cpu=wanted is not None and wanted.type == "cpu")
     except (ValueError, RuntimeError) as e:
         raise LeakstyleError(f"cannot train with --mixed-precision {mixed_precision} here: {str(e).splitlines()[0]}") from None
+    check_accelerator_device(wanted, accelerator.device)
     main = accelerator.is_main_process
 
     pipe = load_pipeline(model, device=str(accelerator.device), dtype=torch.float32)
@@ -359,6 +361,16 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         write_record(out, options, "done", steps, base_digest)
     accelerator.wait_for_everyone()
     return out
+
+
+def check_accelerator_device(wanted, device) -> None:
+    """accelerate chooses each process's device (cuda:<local rank>): a --device naming another one is refused
+    rather than ignored."""
+    if wanted is None:
+        return
+    if wanted.type != device.type or (wanted.index is not None and wanted.index != (device.index or 0)):
+        raise LeakstyleError(f"finetune would run on {device}, not {wanted}: accelerate picks the device of each "
+                             f"process; choose the GPU with CUDA_VISIBLE_DEVICES (or accelerate launch) instead")
 
 
 def noise_schedule(pipe):

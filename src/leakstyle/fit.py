@@ -15,10 +15,10 @@ from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
 from . import distributed
-from .images import parse_resolution
-from .leak import image_size
+from .images import open_image, parse_resolution
+from .leak import image_size, vae_factor
 from .moments import Moments
-from .sources import Batches, Source, inputs
+from .sources import Batches, ImageFiles, Source, inputs
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
 EMBEDDED_NAME = "leakstyle/mini-sd"  # the embedded model's name in files, whatever its install path
@@ -46,6 +46,44 @@ def default_resolution(pipe) -> tuple[int, int]:
     return width, height
 
 
+def tensor_size(width: int, height: int, factor: int, components: int | None) -> tuple[int, int]:
+    """(H, W) of the fitted tensors for a width x height pixel resolution; refuses sizes that cannot be fitted.
+
+    A VAE maps f x f pixels to one latent element, so both sides must be positive multiples of f; a DCT fit
+    of n components needs at least n elements per channel."""
+    if width % factor or height % factor:
+        lower = lambda v: max(factor, v // factor * factor)  # noqa: E731
+        raise LeakstyleError(f"--resolution {width}x{height} is not a multiple of this model's VAE factor {factor}; "
+                             f"use e.g. {lower(width)}x{lower(height)}")
+    H, W = height // factor, width // factor
+    if components is not None and not 1 <= components <= H * W:
+        raise LeakstyleError(f"--components must be between 1 and {H * W} for {H}x{W} tensors "
+                             f"(resolution {width}x{height}); use fewer components or a larger --resolution")
+    return H, W
+
+
+def fit_options(pipe, kind: str, components: int, resolution: int | str | tuple[int, int] | None,
+                space: str | None) -> tuple[str, int, int]:
+    """(space, width, height) of a fit with these options, refused in one line where they cannot be fitted;
+    checked before any image is read (the CLI calls it before it lists the inputs)."""
+    if kind not in ("pixel", "dct"):
+        raise LeakstyleError(f"unknown statistic type {kind!r}: use 'pixel' or 'dct'")
+    vae = vae_of(pipe)
+    space = space or ("latent" if vae is not None else "pixel")
+    if space not in ("latent", "pixel"):
+        raise LeakstyleError(f"unknown space {space!r}: use 'latent' or 'pixel'")
+    if space == "latent" and vae is None:
+        raise LeakstyleError("latent statistics need a model with a VAE; use --space pixel for pixel-space models")
+    if resolution is None:
+        width, height = default_resolution(pipe)
+    elif isinstance(resolution, tuple):
+        width, height = parse_resolution(f"{resolution[0]}x{resolution[1]}")
+    else:
+        width, height = parse_resolution(resolution)
+    tensor_size(width, height, vae_factor(pipe) if space == "latent" else 1, components if kind == "dct" else None)
+    return space, width, height
+
+
 def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
         resolution: int | str | tuple[int, int] | None = None, space: str | None = None, random_crop: bool = False,
         flip: bool = False, batch_size: int = 8, seed: int = 0, strict: bool = False,
@@ -63,23 +101,13 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     `random_crop`; `flip` mirrors at random). Corrupt images are skipped with a SkippedImagesWarning
     (an ImageError with strict=True). Memory stays flat: only running float64 sums are kept.
     """
-    if kind not in ("pixel", "dct"):
-        raise LeakstyleError(f"unknown statistic type {kind!r}: use 'pixel' or 'dct'")
+    space, width, height = fit_options(pipe, kind, components, resolution, space)
     vae = vae_of(pipe)
-    space = space or ("latent" if vae is not None else "pixel")
-    if space not in ("latent", "pixel"):
-        raise LeakstyleError(f"unknown space {space!r}: use 'latent' or 'pixel'")
-    if space == "latent" and vae is None:
-        raise LeakstyleError("latent statistics need a model with a VAE; use --space pixel for pixel-space models")
     source = images if isinstance(images, Source) else inputs([images] if isinstance(images, (str, os.PathLike)) else images)
     if source.size is not None and source.size < MIN_IMAGES:
+        for path in source.paths if isinstance(source, ImageFiles) else ():
+            open_image(path)  # an unreadable one says that it cannot be read, not only that there are too few
         raise ImageError(f"found {source.size} image; fitting a variance needs at least {MIN_IMAGES} images")
-    if resolution is None:
-        width, height = default_resolution(pipe)
-    elif isinstance(resolution, tuple):
-        width, height = resolution
-    else:
-        width, height = parse_resolution(resolution)
     processes = distributed.from_env()
     distributed.join(processes, vae.device if space == "latent" else torch.device("cpu"))
     batches = Batches(source, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip, seed=seed,
@@ -103,7 +131,7 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     if count < MIN_IMAGES:
         raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
     metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",
-                "resolution": f"{width}x{height}", "source_digest": source.digest(),
+                "resolution": f"{width}x{height}", "source_digest": source.digest({name for name, _ in skipped}),
                 "leakstyle_version": __version__}
     if space == "latent":
         scaling, shift = vae_factors(vae)
@@ -119,12 +147,7 @@ def accumulate(batches: Batches, vae, kind: str, components: int, bar=None) -> M
             x = encode(vae, pixels) if vae is not None else pixels
             if moments is None:
                 _, C, H, W = x.shape
-                if kind == "dct":
-                    if not 1 <= components <= H * W:
-                        raise LeakstyleError(f"--components must be between 1 and {H * W} for {H}x{W} tensors")
-                    moments = Moments.for_dct(C, H, W, components)
-                else:
-                    moments = Moments("pixel", C, H, W)
+                moments = Moments.for_dct(C, H, W, components) if kind == "dct" else Moments("pixel", C, H, W)
             moments.update(x)
         if bar is not None:
             bar.update(read)

@@ -132,7 +132,10 @@ def open_image(path: Path) -> Image.Image:
 
     Uses ``warnings.catch_warnings``, which is process-global: call it from one thread at a time.
     """
-    return decode_image(Path(path), Path(path))
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise CorruptImageError(path, "a symbolic link to nothing (broken, or a loop)")
+    return decode_image(path, path)
 
 
 def decode_image(file: Path | BinaryIO, path: Path | str) -> Image.Image:

@@ -8,6 +8,7 @@ hand over are x_T divided by that input scale (for sigma schedulers: x_tilde + s
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import torch
@@ -52,7 +53,7 @@ def native_size(pipe) -> tuple[int, int]:
 
 
 def check_side(name: str, value, multiple: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % multiple:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1 or value % multiple:
         raise LeakstyleError(f"{name} must be one of the positive multiples of {multiple} px for this model "
                              f"({multiple}, {2 * multiple}, {3 * multiple}, ...), got {value!r}")
 
@@ -78,7 +79,7 @@ def latent_shape(pipe, height: int | None, width: int | None) -> tuple[int, int,
 
 def check_strength(strength) -> None:
     """strength blends the fitted low frequencies toward the colour's: a finite number in [0, 1]."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
         raise LeakstyleError(f"strength must be a number from 0 to 1, got {strength!r}")
 
 

@@ -14,10 +14,6 @@ from .errors import LeakstyleError
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
 
 
-def default_device() -> str:
-    return str(resolve_device(None))
-
-
 def load_diffusers(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):
     """A diffusers pipeline from a local folder or a hub id (None: the embedded model); no fine-tune record is read.
 
@@ -46,6 +42,12 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
         pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype)
     except Exception as e:  # diffusers/hub raise many types; the user needs the one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "not fully cached locally" in first_line or "outgoing traffic has been disabled" in first_line:
+            raise LeakstyleError(f"cannot load model {model}: it is not downloaded yet and the hub cannot be reached; "
+                                 f"connect to the internet once to download it, or pass a local diffusers folder") from None
+        # diffusers repeats "Cannot load model M:" and points to a stack trace the user never sees
+        first_line = first_line.removeprefix(f"Cannot load model {model}: ")
+        first_line = first_line.split(" Please check out the root cause")[0]
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
         raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
@@ -53,14 +55,24 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
     return pipe.to(device)
 
 
+def read_model_index(model: str | os.PathLike | None = None) -> dict | None:
+    """The model_index.json of a local pipeline folder (None: the embedded model); None for hub ids and folders
+    without a readable one (load_diffusers then says what is wrong)."""
+    try:
+        index = json.loads(((EMBEDDED_MODEL if model is None else Path(model)) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
 def read_scheduler(model: str | os.PathLike | None = None):
     """The scheduler of a local pipeline folder (None: the embedded model) from its config alone, without loading
-    the model; None for hub ids and folders whose scheduler cannot be read this way (load_diffusers then reports)."""
-    folder = EMBEDDED_MODEL if model is None else Path(model)
+    the model; None where it cannot be read this way (hub ids; load_diffusers then reports what is wrong)."""
     try:
-        _, class_name = json.loads((folder / "model_index.json").read_text())["scheduler"]
+        _, class_name = read_model_index(model)["scheduler"]
         import diffusers
 
-        return getattr(diffusers, class_name).from_pretrained(str(folder), subfolder="scheduler")
+        return getattr(diffusers, class_name).from_pretrained(str(EMBEDDED_MODEL if model is None else model),
+                                                              subfolder="scheduler")
     except Exception:  # not a readable local pipeline folder: nothing to check before the full load
         return None

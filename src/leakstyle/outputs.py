@@ -1,13 +1,17 @@
-"""Output folders of generated images: NNNN-seedS.png, each beside its NNNN-seedS-baseline.png.
+"""Output folders: refused up front when unusable, created only when something is written.
 
-New images are numbered after those already in the folder (the next free index, as A1111 and ComfyUI do), and
-every file is created exclusively, so that nothing is ever overwritten, not even by a run writing alongside.
+Generated images are NNNN-seedS.png, each beside its NNNN-seedS-baseline.png. New images are numbered after those
+already in the folder (the next free index, as A1111 and ComfyUI do), and every file is created exclusively, so
+that nothing is ever overwritten, not even by a run writing alongside. Commands that write a fixed set of files
+(demo, report) write inside `writing_into`, so that a failure leaves no empty folder behind.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import LeakstyleError
@@ -72,3 +76,27 @@ def write_numbered(folder: Path, index: int, seed: int, pngs: dict[str, bytes]) 
             index = max(index + 1, next_index(folder))
             continue
         return index, paths
+
+
+@contextmanager
+def writing_into(folder: str | os.PathLike) -> Iterator[Path]:
+    """Create `folder` (and missing parents) for the block; if the block raises, remove those still empty."""
+    folder = Path(folder)
+    created = []  # innermost first
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LeakstyleError(f"cannot create {folder}: {e.strerror}") from None
+    try:
+        yield folder
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()  # only empty folders go
+            except OSError:
+                break
+        raise

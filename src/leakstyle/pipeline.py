@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 import warnings
 from typing import Iterator
@@ -23,9 +24,9 @@ from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
-from .loading import EMBEDDED_MODEL, default_device, load_diffusers, read_scheduler  # noqa: F401  (this module's API)
+from .loading import EMBEDDED_MODEL, load_diffusers, read_model_index, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
 from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
-from .schedulers import SCHEDULERS, SPACINGS, make_scheduler, respace
+from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
 from .seeds import resolve_seed, sampler_seed
 
 NO_LEAK_ACTIONS = ("warn", "raise")
@@ -73,14 +74,6 @@ def noise_name(pipe, baseline: bool = False) -> str:
     return "style" if getattr(pipe, "leakstyle_noise", None) is not None and not baseline else "standard"
 
 
-def call_scheduler(pipe, name: str | None = None, timestep_spacing: str | None = None):
-    """The scheduler a call with `scheduler=name` and `timestep_spacing` uses: pipe.scheduler when both are None."""
-    own = pipe.scheduler
-    if name is not None:
-        return make_scheduler(name, own.config, timestep_spacing=timestep_spacing)
-    return respace(own, timestep_spacing) if timestep_spacing is not None else own
-
-
 @contextlib.contextmanager
 def swapped_scheduler(pipe, scheduler):
     """pipe.scheduler is `scheduler` inside the block and the pipeline's own again after it."""
@@ -92,20 +85,13 @@ def swapped_scheduler(pipe, scheduler):
         pipe.scheduler = own
 
 
-@contextlib.contextmanager
-def using_scheduler(pipe, name: str | None, timestep_spacing: str | None = None):
-    """pipe.scheduler replaced by the scheduler called `name` (None: kept), with `timestep_spacing` (None: the
-    config's), inside the block, restored after it."""
-    with swapped_scheduler(pipe, call_scheduler(pipe, name, timestep_spacing)):
-        yield
-
-
 def check_number(name: str, value, at_least: int | None = None) -> None:
-    """A whole number (at least `at_least`) or, with at_least None, any finite number."""
+    """A whole number (at least `at_least`) or, with at_least None, any finite real number."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if at_least is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
+        if not whole or value < at_least:
             raise LeakstyleError(f"{name} must be a whole number of at least {at_least}, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise LeakstyleError(f"{name} must be a finite number, got {value!r}")
 
 
@@ -137,19 +123,42 @@ def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inf
     return resolve_seed(seed, num_images)
 
 
-def check_steps_before_loading(model: str | os.PathLike | None, num_inference_steps: int, scheduler: str | None = None,
-                               timestep_spacing: str | None = None) -> None:
-    """Refuse a step count the scheduler of `model` cannot take, read from its config before the model is loaded
-    (local folders and fine-tune folders; a hub model is checked by generate once loaded)."""
+def check_before_loading(model: str | os.PathLike | None, prompt: str | list[str] | None, num_inference_steps: int,
+                         scheduler: str | None = None, timestep_spacing: str | None = None) -> None:
+    """What generate would refuse that the configs of a local model (or fine-tune) folder tell before it is loaded:
+    no prompt for a text-to-image model, a step count its scheduler cannot take. Hub models are checked by
+    generate once loaded."""
     record = finetuned_folder_record(model)
-    own = read_scheduler(record.get("base_model") if record and record.get("method") == "lora" else model)
-    if own is None:
+    folder = record.get("base_model") if record and record.get("method") == "lora" else model
+    index = read_model_index(folder)
+    if index is None:
         return
-    if scheduler is not None:
-        own = make_scheduler(scheduler, own.config, timestep_spacing=timestep_spacing)
-    elif timestep_spacing is not None:
-        own = respace(own, timestep_spacing)
-    leak_at_first_step(own, num_inference_steps, warn=False)
+    text_encoder = index.get("text_encoder")
+    if prompt is None and isinstance(text_encoder, list) and text_encoder and text_encoder[-1] is not None:
+        raise LeakstyleError("this model is text-to-image: give a prompt")
+    own = read_scheduler(folder)
+    if own is not None:
+        leak_at_first_step(choose_scheduler(own, scheduler, timestep_spacing), num_inference_steps, warn=False)
+
+
+def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style, color, strength: float,
+                 negative_prompt: str | None, num_inference_steps: int, guidance_scale: float, height: int, width: int,
+                 progress: bool) -> list[Image.Image]:
+    """One image per seed through pipe (checked inputs): x_T from `start` (initial_latents or style_initial_latents)
+    with a generator seeded by the image's seed, the sampler's own noise from sampler_seed(seed)."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
+                               num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
+                               color=color, strength=strength, device=device, dtype=dtype)
+                         for s in seeds])
+    # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
+    generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
+    if not is_text_to_image(pipe):
+        return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    return pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
+                height=height, width=width, generator=generators).images
 
 
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
@@ -172,7 +181,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                                   timestep_spacing=timestep_spacing, on_no_leak=on_no_leak)
     if is_text_to_image(pipe) and (prompt is None or (prompts is not None and not prompts)):
         raise LeakstyleError("this model is text-to-image: give a prompt")
-    run_scheduler = call_scheduler(pipe, scheduler, timestep_spacing)
+    run_scheduler = choose_scheduler(pipe.scheduler, scheduler, timestep_spacing)
     height, width = image_size(pipe, height, width)
     C = latent_shape(pipe, height, width)[0]
     leak = leak_at_first_step(run_scheduler, num_inference_steps, warn=False)  # refuses steps it cannot take
@@ -194,28 +203,15 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
     prompts = prompts or ([prompt] * num_images if prompt is not None else None)
 
     def batches():
-        device, dtype = pipe.unet.device, pipe.unet.dtype
         with tqdm(total=num_images, desc=label, unit="image", disable=not progress) as bar:
             for first in range(0, num_images, batch_size):
                 indices = range(first, min(first + batch_size, num_images))
                 seeds = [seed + i for i in indices]
                 with swapped_scheduler(pipe, run_scheduler):
-                    latents = torch.cat([
-                        start(pipe, style=style, batch_size=1, height=height, width=width,
-                              num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
-                              color=color, strength=strength, device=device, dtype=dtype)
-                        for s in seeds])
-                    # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and
-                    # without a style.
-                    generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
-                    if is_text_to_image(pipe):
-                        pipe.set_progress_bar_config(disable=not progress, leave=False)
-                        images = pipe(prompt=prompts[first:first + len(seeds)],
-                                      negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
-                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                      latents=latents, height=height, width=width, generator=generators).images
-                    else:
-                        images = run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
+                    images = sample_batch(pipe, start, seeds, prompts and prompts[first:first + len(seeds)],
+                                          style=style, color=color, strength=strength, negative_prompt=negative_prompt,
+                                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                          height=height, width=width, progress=progress)
                 bar.update(len(seeds))
                 for i, s, image in zip(indices, seeds, images):
                     image.info["seed"] = s

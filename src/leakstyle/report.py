@@ -29,6 +29,7 @@ from .distribution import StyleDistribution
 from .encode import parse_color, to_hex
 from .errors import LeakstyleError
 from .images import list_images, open_image, resize_and_crop
+from .outputs import check_output_folder, writing_into
 
 # Emoji names the embedded model was trained on (captions are emoji names); used when no prompts file is given.
 DEFAULT_PROMPTS = (
@@ -71,9 +72,8 @@ def parse_colors(text: str | Sequence[str] | None) -> list[str]:
 
 def check_out(out: str | os.PathLike, force: bool = False) -> Path:
     """Refuse a file, or a folder that already holds a report (without force)."""
+    check_output_folder(out)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LeakstyleError(f"{out} is a file; --out needs a folder")
     if (out / "report.json").exists() and not force:
         raise LeakstyleError(f"{out} already holds a report; pass --force to overwrite it or choose another --out")
     return out
@@ -306,10 +306,6 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
         raise LeakstyleError(f"the style has {style.channels} channels but this model's latents have {channels}; fit it with this model")
     height, width = image_size(pipe)
     per_color = min(per_color, n)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LeakstyleError(f"cannot create {out}: {e.strerror}") from None
 
     bar = tqdm(total=2 * n + len(colors) * per_color, unit="img", desc="report", disable=not progress)
     if style is None:
@@ -330,10 +326,11 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
                          "style": style_name or "given style", "prompts": prompts, "height": height, "width": width,
                          "reference": [str(p) for p in paths[:1000]], "leakstyle_version": __version__},
               **compute_metrics(sets, color_runs, n_boot, seed)}
-    (out / "report.json").write_text(json.dumps(result, indent=1))
-    plot_distributions(sets, out / "distributions.png")
     rows = [(name, images) for name, images in sets.items()] + [(f"colour {c}", r["leak"]) for c, r in color_runs.items()]
-    samples_sheet(rows, out / "samples.png")
-    if colors:
-        plot_colors(result, out / "colors.png")
-    return write_html(out, result)
+    with writing_into(out):  # created only now: a failed report leaves no empty folder
+        (out / "report.json").write_text(json.dumps(result, indent=1))
+        plot_distributions(sets, out / "distributions.png")
+        samples_sheet(rows, out / "samples.png")
+        if colors:
+            plot_colors(result, out / "colors.png")
+        return write_html(out, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -125,8 +126,9 @@ def scheduled(scheduler, num_inference_steps: int):
     A step count it cannot take is a LeakstyleError that gives the range it can."""
     n = num_inference_steps
     fits = None
-    if isinstance(n, int) and not isinstance(n, bool) and fewest_steps(scheduler) <= n <= most_steps_bound(scheduler):
-        fits = schedule_fits(scheduler, n)
+    whole = isinstance(n, numbers.Integral) and not isinstance(n, bool)
+    if whole and fewest_steps(scheduler) <= n <= most_steps_bound(scheduler):
+        fits = schedule_fits(scheduler, int(n))
     if fits is None:
         lo, hi = allowed_steps(scheduler)
         config = scheduler.config

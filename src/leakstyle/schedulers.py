@@ -52,6 +52,14 @@ def respace(scheduler, timestep_spacing: str):
     return type(scheduler).from_config(scheduler.config, timestep_spacing=timestep_spacing)
 
 
+def choose_scheduler(own, name: str | None = None, timestep_spacing: str | None = None):
+    """The scheduler a call asks for: the one called `name` (None: `own`'s class) with `own`'s noise schedule and
+    `timestep_spacing` (None: the config's). `own` itself when both are None."""
+    if name is not None:
+        return make_scheduler(name, own.config, timestep_spacing=timestep_spacing)
+    return respace(own, timestep_spacing) if timestep_spacing is not None else own
+
+
 def scheduler_name(scheduler) -> str:
     """The vocabulary name of a scheduler object (its class name when it has none)."""
     for name, (class_name, overrides) in SCHEDULERS.items():

@@ -5,6 +5,7 @@ torch.Generator.manual_seed takes integers in [-2^63, 2^64); leakstyle's seeds a
 
 from __future__ import annotations
 
+import numbers
 import secrets
 
 from .errors import LeakstyleError
@@ -23,10 +24,13 @@ def resolve_seed(seed: int | None, count: int = 1) -> int:
     """The first seed of `count` images: `seed` itself, or a random one for None or -1.
 
     Other negative seeds, and seeds whose last image (seed + count - 1) passes 2^64 - 1, are a LeakstyleError."""
-    if seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed == RANDOM):
+    if seed is None:
         return random_seed()
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise LeakstyleError(f"the seed must be a whole number from 0 to {SEED_MAX} (or -1 for a random one), got {seed!r}")
+    seed = int(seed)
+    if seed == RANDOM:
+        return random_seed()
     if seed < 0:
         raise LeakstyleError(f"seed {seed} is negative; give 0 to {SEED_MAX}, or -1 for a random seed")
     last = seed + count - 1

@@ -84,8 +84,9 @@ class Source:
         """The records whose index is in `share`, in order."""
         raise NotImplementedError
 
-    def digest(self) -> str:
-        """A short hex digest that names the whole input list (recorded in the style file as source_digest)."""
+    def digest(self, skipped: set[str] = frozenset()) -> str:
+        """A short hex digest that names the whole input list, of every process (the style file's source_digest).
+        Image files in `skipped` (by record name) are left out: a file that was skipped stays skipped."""
         raise NotImplementedError
 
 
@@ -102,8 +103,8 @@ class ImageFiles(Source):
         for i in share.of(len(self.paths)):
             yield Record(i, str(self.paths[i]), self.paths[i])
 
-    def digest(self) -> str:
-        return digest_paths(self.paths)
+    def digest(self, skipped: set[str] = frozenset()) -> str:
+        return digest_paths([p for p in self.paths if str(p) not in skipped])
 
 
 def read_list_file(path: Path) -> list[str]:
@@ -212,8 +213,8 @@ class TarShards(Source):
             return Record(index, name, None, what)
         return Record(index, f"{name}.{key}", sample[key])
 
-    def digest(self) -> str:
-        return digest_paths(self.shards)
+    def digest(self, skipped: set[str] = frozenset()) -> str:
+        return digest_paths(self.shards)  # the shards' names and sizes; members skipped or not
 
 
 @dataclass
@@ -229,8 +230,9 @@ class Chain(Source):
         for r in self.shards.records(share.after(offset)):
             yield r._replace(index=r.index + offset) if r.index >= 0 else r
 
-    def digest(self) -> str:
-        return hashlib.sha256(f"{self.files.digest()}+{self.shards.digest()}".encode()).hexdigest()[:16]
+    def digest(self, skipped: set[str] = frozenset()) -> str:
+        both = f"{self.files.digest(skipped)}+{self.shards.digest(skipped)}"
+        return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
 def _first_line(exc: Exception) -> str:
@@ -292,7 +294,7 @@ class HubDataset(Source):
                     yield self._record(index, value)
                 index += 1
 
-    def digest(self) -> str:
+    def digest(self, skipped: set[str] = frozenset()) -> str:
         name = Path(self.name).name if Path(self.name).exists() else self.name
         text = f"dataset\t{name}\t{self.split}\t{self.column}\t{'stream' if self.size is None else self.size}\n"
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
