@@ -18,7 +18,7 @@ from . import distributed
 from .images import open_image, parse_resolution
 from .leak import image_size, vae_factor
 from .moments import Moments
-from .sources import Batches, ImageFiles, Source, inputs
+from .sources import Batches, ImageFiles, Inputs, Source
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
 EMBEDDED_NAME = "leakstyle/mini-sd"  # the embedded model's name in files, whatever its install path
@@ -103,7 +103,9 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     """
     space, width, height = fit_options(pipe, kind, components, resolution, space)
     vae = vae_of(pipe)
-    source = images if isinstance(images, Source) else inputs([images] if isinstance(images, (str, os.PathLike)) else images)
+    if not isinstance(images, Source):
+        images = Inputs([images] if isinstance(images, (str, os.PathLike)) else list(images))
+    source = images.listed()
     if source.size is not None and source.size < MIN_IMAGES:
         for path in source.paths if isinstance(source, ImageFiles) else ():
             open_image(path)  # an unreadable one says that it cannot be read, not only that there are too few

@@ -80,6 +80,10 @@ class Source:
 
     size: int | None = None
 
+    def listed(self) -> "Source":
+        """This source with its inputs listed (see Inputs); most sources are listed when made."""
+        return self
+
     def records(self, share: Share) -> Iterator[Record]:
         """The records whose index is in `share`, in order."""
         raise NotImplementedError
@@ -330,13 +334,25 @@ def from_arguments(images: Sequence[str | os.PathLike] = (), dataset: str | None
         raise ImageError("--streaming applies to --dataset only")
     if not images:
         raise ImageError("no images given; pass image files, folders, @list files, tar shards or --dataset NAME")
-    source = inputs(images)
-    if image_column is not None:
-        tars = source if isinstance(source, TarShards) else getattr(source, "shards", None)
-        if tars is None:
-            raise ImageError("--image-column applies to --dataset and tar shards only")
-        tars.member = image_column.lstrip(".")
-    return source
+    return Inputs([os.fspath(g) for g in images], member=None if image_column is None else image_column.lstrip("."))
+
+
+@dataclass
+class Inputs(Source):
+    """Command-line inputs, listed by `listed()` (see inputs) when the fit starts, after its options are checked;
+    `member`: the tar member extension that holds the image (--image-column)."""
+
+    given: list[str]
+    member: str | None = None
+
+    def listed(self) -> Source:
+        source = inputs(self.given)
+        if self.member is not None:
+            tars = source if isinstance(source, TarShards) else getattr(source, "shards", None)
+            if tars is None:
+                raise ImageError("--image-column applies to --dataset and tar shards only")
+            tars.member = self.member
+        return source
 
 
 # -- decoding one process's share in DataLoader workers ----------------------------------------------------
