@@ -27,7 +27,9 @@ from safetensors.torch import load_file, save_file
 import leakstyle as ls
 from leakstyle import files
 from leakstyle.cli import main
-from leakstyle.fit import EMBEDDED_FOLDER, model_name
+from helpers import run_error
+from leakstyle.fit import model_name
+from leakstyle.loading import EMBEDDED_MODEL
 from leakstyle.distribution import StyleDistribution
 from leakstyle.errors import LeakstyleError, StyleFileError
 from leakstyle.moments import Moments
@@ -378,7 +380,7 @@ def test_safetensors_bytes_keep_the_metadata_readable_and_sorted(tmp_path: Path)
 
 
 def test_the_embedded_model_is_recorded_by_name_not_by_install_path() -> None:
-    pipe = types.SimpleNamespace(name_or_path=str(EMBEDDED_FOLDER), config=types.SimpleNamespace())
+    pipe = types.SimpleNamespace(name_or_path=str(EMBEDDED_MODEL), config=types.SimpleNamespace())
     assert model_name(pipe) == "leakstyle/mini-sd"
     assert model_name(types.SimpleNamespace(name_or_path="org/model", config=None)) == "org/model"
 
@@ -720,7 +722,7 @@ def test_inspect_decodes_the_mean_colour_with_a_recorded_local_model(tmp_path: P
     assert "mean colour: #" in (out := capsys.readouterr().out) and "the model the file records" in out
 
 
-@pytest.mark.skipif(not (EMBEDDED_FOLDER / "model_index.json").exists(), reason="embedded model not built")
+@pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").exists(), reason="embedded model not built")
 def test_inspect_decodes_the_mean_colour_with_the_recorded_embedded_model(tmp_path: Path, capsys) -> None:
     assert main(["inspect", str(recorded(tmp_path, "leakstyle/mini-sd"))]) == 0
     assert "(decoded with leakstyle/mini-sd, the model the file records)" in capsys.readouterr().out
@@ -729,3 +731,10 @@ def test_inspect_decodes_the_mean_colour_with_the_recorded_embedded_model(tmp_pa
 def test_inspect_downloads_no_recorded_hub_model_and_says_why(tmp_path: Path, capsys) -> None:
     assert main(["inspect", str(recorded(tmp_path, "someone/their-model"))]) == 0
     assert "mean colour: not shown: the file records the model someone/their-model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x", "-o", "out"], ["report", "--reference", ".", "-o", "out"]])
+def test_generate_and_report_pass_lf_order_to_the_style_they_read(tmp_path: Path, capsys, command) -> None:
+    _, folder = official_without_record(tmp_path)
+    message = run_error([*command, "--style", str(folder), "--lf-order", "0,0;1,0;5,5"], capsys)
+    assert "is not the 3 lowest frequencies" in message

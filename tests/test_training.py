@@ -218,6 +218,8 @@ def test_exported_pipeline_loads_plainly_with_sd15_schedule(tmp_path):
     assert pipe.scheduler.alphas_cumprod[999].item() == pytest.approx(0.068265**2, rel=1e-4)
     image = pipe("hello", num_inference_steps=2, height=64, width=64, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+    plain = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe")  # as the model card loads it: one dtype
+    assert {plain.unet.dtype, plain.text_encoder.dtype, plain.vae.dtype} == {torch.float32}
 
 
 def test_unet_training_smoke_run_checkpoints_and_resumes(emoji_dir, tmp_path):

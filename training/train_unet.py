@@ -15,6 +15,7 @@ clip_sample False) that loads with a plain ``StableDiffusionPipeline.from_pretra
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -263,6 +264,10 @@ def export_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: 
         shutil.rmtree(tmp)
     pipe.to(dtype).save_pretrained(tmp)
     pipe.to(torch.float32)
+    # transformers records the saved weights' dtype in the text encoder's config and loads it so, beside the other
+    # components' float32: ask for float32, so that a plain from_pretrained gives one dtype for every component.
+    config = tmp / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "dtype": "float32"}, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

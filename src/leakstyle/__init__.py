@@ -3,7 +3,7 @@
     import leakstyle as ls
     pipe = ls.load_pipeline(None)
     style = ls.fit("imgs/", pipe=pipe, kind="dct", components=3)
-    images = ls.generate(pipe, "a red heart", style=style, seed=0, num_images=4)
+    images = ls.generate(pipe, "red heart", style=style, seed=0, num_images=4)
 """
 
 __version__ = "0.1.0"

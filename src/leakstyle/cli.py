@@ -81,7 +81,7 @@ def cmd_generate(args) -> int:
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
     check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
 
@@ -93,7 +93,7 @@ def cmd_generate(args) -> int:
     scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
-                  guidance=args.guidance, model=str(args.model or "leakstyle/mini-sd"), height=height, width=width,
+                  guidance=args.guidance, model=str(args.model or EMBEDDED_NAME), height=height, width=width,
                   leakstyle_version=__version__)
     leak_params = dict(style=str(args.style) if args.style else None,
                        style_sha256=file_digest(args.style) if args.style else None, color=args.color,
@@ -110,7 +110,7 @@ def cmd_generate(args) -> int:
             index, paths = write_numbered(out, index, s, pngs)
             index, written = index + 1, written + len(paths)
     last = seed + args.num_images - 1
-    print(f"wrote {written} images to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
+    print(f"wrote {written} image{'s' * (written != 1)} to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
     return 0
 
 
@@ -137,13 +137,13 @@ def colour_model(args, metadata: dict[str, str]):
 
     --model wins; else the model the file records, when it is the embedded one or an existing local folder:
     inspect never downloads a hub model unasked."""
-    from .fit import EMBEDDED_FOLDER, EMBEDDED_NAME
+    from .loading import EMBEDDED_MODEL, EMBEDDED_NAME
 
     if args.model is not None:
         return args.model, f"decoded with {escaped(args.model)}"
     recorded = metadata.get("model", "")
     if recorded == EMBEDDED_NAME:
-        if not (EMBEDDED_FOLDER / "model_index.json").is_file():
+        if not (EMBEDDED_MODEL / "model_index.json").is_file():
             return False, f"not shown: the file records {EMBEDDED_NAME}, which is not installed; pass --model"
         return None, f"decoded with {EMBEDDED_NAME}, the model the file records"
     if recorded and Path(recorded).is_dir():
@@ -233,7 +233,7 @@ def cmd_report(args) -> int:
     check_out(args.out, args.force)
     prompts, colors = read_prompts(args.prompts), parse_colors(args.colors)
     reference = list_images(args.reference)
-    style = load(args.style) if args.style else None
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
     pipe = load_pipeline(args.model, device=args.device)
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", required=True, help="output folder, created when the first image is written; images "
                    "already there are kept and new ones numbered after them")
     common(g, force=False)
+    add_lf_order_option(g)
     g.set_defaults(func=cmd_generate)
 
     i = command("inspect", "print what a style file holds")
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     r.add_argument("-o", "--out", required=True, help="output folder")
     common(r)
+    add_lf_order_option(r)
     r.set_defaults(func=cmd_report)
 
     t = command("finetune", "Diffusion in Style: fine-tune the UNet with noise from the style distribution",

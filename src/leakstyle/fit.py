@@ -17,12 +17,11 @@ from .errors import ImageError, LeakstyleError
 from . import distributed
 from .images import open_image, parse_resolution
 from .leak import image_size, vae_factor
+from .loading import EMBEDDED_MODEL, EMBEDDED_NAME
 from .moments import Moments
 from .sources import Batches, ImageFiles, Inputs, Source
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
-EMBEDDED_NAME = "leakstyle/mini-sd"  # the embedded model's name in files, whatever its install path
-EMBEDDED_FOLDER = Path(__file__).parent / "models" / "mini-sd"  # = pipeline.EMBEDDED_MODEL (pipeline imports finetune, which imports fit)
 
 
 class SkippedImagesWarning(UserWarning):
@@ -33,7 +32,7 @@ def model_name(pipe) -> str:
     """The model a style is fitted for, as its file records it: the hub id or folder the pipeline was loaded from,
     or `leakstyle/mini-sd` for the embedded model (its absolute install path differs between machines)."""
     name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
-    if name and Path(name).resolve() == EMBEDDED_FOLDER.resolve():
+    if name and Path(name).resolve() == EMBEDDED_MODEL.resolve():
         return EMBEDDED_NAME
     return name
 

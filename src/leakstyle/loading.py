@@ -12,6 +12,7 @@ from .devices import resolve_device
 from .errors import LeakstyleError
 
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "mini-sd"
+EMBEDDED_NAME = "leakstyle/mini-sd"  # how files and PNGs name the embedded model, whatever its install path
 
 
 def load_diffusers(model: str | os.PathLike | None = None, device: str | None = None, dtype: torch.dtype | None = None):

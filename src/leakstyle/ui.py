@@ -43,12 +43,14 @@ from .errors import LeakstyleError
 from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
-from .pipeline import generate, load_pipeline, noise_name
+from .loading import EMBEDDED_NAME
+from .pipeline import iter_generate, load_pipeline, noise_name
 from .png import png_bytes
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
 STYLE_SOURCES = ("none", "fit images", "style file")
 MAX_IMAGES = 8
+BATCH_SIZE = 4  # images sampled at once, as `leakstyle generate --batch-size` by default
 Progress = Callable[[float, str], None]  # (fraction done, what is running)
 
 
@@ -70,7 +72,6 @@ class Model:
         return getattr(self.pipe, "leakstyle_noise", None) is not None
 
 
-EMBEDDED_NAME = "leakstyle/mini-sd"  # how PNGs name the embedded model
 
 
 def open_model(model: str | os.PathLike | None = None, device: str | None = None) -> Model:
@@ -171,8 +172,8 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
         out: Path | None = None, progress: Progress = no_progress) -> Result:
     """Generate from the leak of `style`/`color`, and from pure noise with the same seeds (image i: seed + i).
 
-    Images are made one at a time (image i exactly as `generate(..., seed=seed + i)` makes it) so that `progress`
-    can say which is running: "leak images k/n", then "pure-noise images k/n". Writes each image as a PNG with its
+    Images are made in batches of BATCH_SIZE (image i exactly as `generate(..., seed=seed + i)` makes it), and
+    `progress` says after each batch how far it is: "leak images k/n", then "pure-noise images k/n". Writes each image as a PNG with its
     parameters into `out` (by default a new folder in workdir(), removed at exit), named as
     `leakstyle generate --baseline` names them."""
     if not 0.0 <= strength <= 1.0:
@@ -184,19 +185,20 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     height, width = image_size(pipe, int(height or 0) or None, int(width or 0) or None)
     color = hex_color(color) if color else None
     n = int(num_images)
-    common = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_images=1,
+    common = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_images=n, batch_size=BATCH_SIZE,
                   num_inference_steps=int(steps), guidance_scale=float(guidance), height=height, width=width)
 
-    def one_by_one(label: str, start: float, **kwargs) -> list[Image.Image]:
+    def in_batches(label: str, start: float, **kwargs) -> list[Image.Image]:
+        progress(start, f"{label} 0/{n}")
         images = []
-        for i in range(n):
-            progress(start + i / (2 * n), f"{label} {i + 1}/{n}")
-            images += generate(pipe, seed=int(seed) + i, **common, **kwargs)
+        for _, _, image in iter_generate(pipe, seed=int(seed), **common, **kwargs):
+            images.append(image)
+            progress(start + len(images) / (2 * n), f"{label} {len(images)}/{n}")
         return images
 
     with torch.inference_mode():
-        leak = one_by_one("leak images", 0.0, style=style and style.distribution, color=color, strength=strength)
-        baseline = one_by_one("pure-noise images", 0.5, noise=None)  # pure N(0, I) noise, fine-tuned model or not
+        leak = in_batches("leak images", 0.0, style=style and style.distribution, color=color, strength=strength)
+        baseline = in_batches("pure-noise images", 0.5, noise=None)  # pure N(0, I) noise, fine-tuned model or not
     progress(1.0, "writing the PNGs")
     messages = []
     if style is None and color is None and not model.finetuned:
