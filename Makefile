@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs leakstyle, runs the main job
 #   make test   creates .venv, installs leakstyle with test tools, runs the tests
+# Both install every extra (diffusers, finetune, ui, report) and ComfyUI's requirements for the node-pack tests,
+# which run ComfyUI from ../shared/ComfyUI or $COMFYUI_PATH and skip without it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,scale]'
+	$(PY) -m pip install --quiet -e '.[all,scale,dev,comfyui-test]'
+	$(PY) -m pip install --quiet --no-deps torchsde  # ComfyUI's SDE samplers; it depends on torch: keep the pinned one
 	touch $(STAMP)
 
 # The browser test drives Debian's Chromium (root installs it; elsewhere install it yourself).

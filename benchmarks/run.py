@@ -8,7 +8,8 @@
 2. Generation with a style against the same generation without one.
 3. Fitting: (a) peak memory as the image count grows, against keeping every latent;
    (b) accumulating the moments against encoding the images with a VAE.
-4. Fitting at scale: images per second with 1 and 2 processes, and the share of the fit's wall time spent
+4. The ComfyUI node pack's nodes against a KSampler run on the embedded model (benchmarks/comfy_overhead.py).
+5. Fitting at scale: images per second with 1 and 2 processes, and the share of the fit's wall time spent
    outside the VAE encode (benchmarks/fit_scale.py).
 
 Timings interleave baseline and candidate in the same process and report medians; ratios are medians of
@@ -487,10 +488,31 @@ def figure_fit_time(quick: bool) -> tuple[list[Row], dict]:
     return rows, details
 
 
-# -- 4. fitting at scale -------------------------------------------------------------------------------
+# -- 4. the ComfyUI node pack ------------------------------------------------------------------------
+def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
+    """benchmarks/comfy_overhead.py: the pack's nodes against a KSampler run on the embedded model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import comfy_overhead
+
+    m = comfy_overhead.measure(quick)
+    what = f"KSampler {m['steps']} steps, embedded model, latent {'x'.join(map(str, m['latent']))}, CFG 5"
+    rows = [
+        Row(f"4. KSampler from LeakstyleLeakLatent / from EmptyLatentImage ({what})", f"{m['ksampler_leak_s']:.3g} s",
+            f"{m['ksampler_empty_s']:.3g} s", m["ratio_sampler"], "-", None),
+        Row("4. LeakstyleColor + LeakstyleLeakLatent / KSampler run", ms(m["pack_nodes_s"]), f"{m['ksampler_empty_s']:.3g} s",
+            m["ratio_nodes"], "< 0.01", m["ratio_nodes"] < 0.01),
+        Row("4. LeakstyleLeakLatent alone (re-queue: ComfyUI caches the colour) / KSampler run", ms(m["latent_node_s"]),
+            f"{m['ksampler_empty_s']:.3g} s", m["ratio_latent_node"], "< 0.01", m["ratio_latent_node"] < 0.01),
+    ]
+    return rows, {k: v for k, v in m.items()}
+
+
+# -- 5. fitting at scale -------------------------------------------------------------------------------
 def figure_fit_scale(quick: bool) -> tuple[list[Row], dict]:
     import torch
-    from fit_scale import measure  # benchmarks/fit_scale.py, beside this file
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fit_scale import measure  # benchmarks/fit_scale.py
 
     m = measure(quick, threads=torch.get_num_threads())
     what = f"{m['images']} JPEGs of mixed sizes at {m['resolution']} px, VAE {tuple(m['vae_channels'])}"
@@ -500,14 +522,14 @@ def figure_fit_scale(quick: bool) -> tuple[list[Row], dict]:
         rate = run["images"] / run["wall_s"]
         outside = 1 - run["encode_s"] / run["wall_s"]
         ratio = rate / (base["images"] / base["wall_s"])
-        rows.append(Row(f"4. fit images/s, {name} ({what})" if run is base else f"4. fit images/s, {name}",
+        rows.append(Row(f"5. fit images/s, {name} ({what})" if run is base else f"5. fit images/s, {name}",
                         f"{rate:.3g} img/s", "1 process, 0 workers" if run is not base else "-",
                         None if run is base else ratio, "-", None))
         target = name == "1 process, 1 worker"
-        rows.append(Row(f"4. share of fit wall time outside the VAE encode, {name}", f"{outside:.3f}",
+        rows.append(Row(f"5. share of fit wall time outside the VAE encode, {name}", f"{outside:.3f}",
                         f"encode {run['encode_s']:.1f} s of {run['wall_s']:.1f} s", outside,
                         "<= 0.10" if target else "-", outside <= 0.10 if target else None))
-    rows.append(Row("4. decode + resize one JPEG / VAE encode one image", ms(m["decode_resize_s_per_image"]),
+    rows.append(Row("5. decode + resize one JPEG / VAE encode one image", ms(m["decode_resize_s_per_image"]),
                     ms(m["encode_s_per_image"]), m["decode_resize_s_per_image"] / m["encode_s_per_image"], "-", None))
     if quick:
         m["notes"] = ["fit_scale: the 2-process row runs in the full run only"]
@@ -516,6 +538,9 @@ def figure_fit_scale(quick: bool) -> tuple[list[Row], dict]:
 
 # -- main ---------------------------------------------------------------------------------------------
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
+           "fit_time": figure_fit_time, "comfy": figure_comfy, "fit_scale": figure_fit_scale}
+
+
            "fit_time": figure_fit_time, "fit_scale": figure_fit_scale}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LeakstyleError
+from .extras import missing_extra
 from .png import png_bytes
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -72,6 +73,7 @@ def cmd_generate(args) -> int:
 
     from .files import load
     from .leak import image_size
+    from .loading import EMBEDDED_NAME
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
     from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
@@ -510,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0
         if rank == 0 or not isinstance(e, SharedError):  # an error every process raises is printed once
             print(f"leakstyle: error: {e}" if rank == 0 else f"leakstyle: error: (process {rank}) {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
+        error = missing_extra(e)
+        if error is None:
+            raise
+        print(f"leakstyle: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("leakstyle: interrupted", file=sys.stderr)

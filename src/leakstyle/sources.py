@@ -35,7 +35,7 @@ def require(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise LeakstyleError(f"{what} need the {module} package: {SCALE_EXTRA}") from None
+        raise LeakstyleError(f"{module} is not installed; {what} need {SCALE_EXTRA}") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""Styles and colours from ComfyUI inputs: images encoded with a ComfyUI VAE, in its raw latent units.
+
+ComfyUI's IMAGE is [B, H, W, 3] in [0, 1]; VAE.encode gives the raw latents z [B, C, h, w] (the mode,
+before the model's process_latent_in). The fitted style records scaling 1 and shift 0 (see units.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..distribution import StyleDistribution
+from ..encode import parse_color
+from ..errors import ImageError, LeakstyleError
+from ..images import ImageBatches, digest_paths, list_images, open_image
+from ..moments import Moments
+from .units import RAW_VAE_UNITS
+
+MIN_IMAGES = 2  # an unbiased variance needs two samples
+BATCH = 8
+
+
+def vae_factor(vae) -> int:
+    """How many pixels one latent element spans per side for a ComfyUI VAE."""
+    return int(vae.spacial_compression_encode())
+
+
+def new_moments(kind: str, components: int, z: torch.Tensor) -> Moments:
+    _, C, H, W = z.shape
+    if kind == "pixel":
+        return Moments("pixel", C, H, W)
+    if kind != "dct":
+        raise LeakstyleError(f"unknown statistic type {kind!r}: use 'dct' or 'pixel'")
+    if not 1 <= components <= H * W:
+        raise LeakstyleError(f"components must be between 1 and {H * W} for {H}x{W} latents")
+    return Moments.for_dct(C, H, W, components)
+
+
+@torch.no_grad()
+def fit_batches(batches, vae, kind: str, components: int, source: dict[str, str]) -> StyleDistribution:
+    """Fit `kind` statistics to ComfyUI IMAGE batches [B, H, W, 3] in [0, 1], encoded with `vae`."""
+    moments = None
+    for images in batches:
+        z = vae.encode(images[..., :3])
+        if moments is None:
+            moments = new_moments(kind, components, z)
+        moments.update(z)
+    count = 0 if moments is None else moments.count
+    if count < MIN_IMAGES:
+        raise ImageError(f"{count} image(s) given; fitting a variance needs at least {MIN_IMAGES}")
+    return StyleDistribution.from_moments(moments, {**RAW_VAE_UNITS, "leakstyle_version": __version__, **source})
+
+
+def fit_images(images: torch.Tensor, vae, kind: str = "dct", components: int = 3) -> StyleDistribution:
+    """A style from one IMAGE batch [B, H, W, 3] (all images the same size, as ComfyUI batches are)."""
+    B, H, W, _ = images.shape
+    batches = (images[i:i + BATCH] for i in range(0, B, BATCH))
+    return fit_batches(batches, vae, kind, components, {"resolution": f"{W}x{H}", "source": "ComfyUI IMAGE"})
+
+
+def fit_folder(folder: str | os.PathLike, vae, kind: str = "dct", components: int = 3) -> StyleDistribution:
+    """A style from the images in `folder`, resized and centre-cropped to the first image's size (rounded down
+    to a multiple of the VAE's factor)."""
+    paths = list_images([Path(folder).expanduser()])
+    if len(paths) < MIN_IMAGES:
+        raise ImageError(f"found {len(paths)} image in {folder}; fitting a variance needs at least {MIN_IMAGES}")
+    f = vae_factor(vae)
+    width, height = open_image(paths[0]).size
+    width, height = width // f * f, height // f * f
+    if width == 0 or height == 0:
+        raise ImageError(f"{paths[0]} is smaller than {f} pixels; use larger images")
+    pixels = ImageBatches(paths, width, height, batch_size=BATCH)
+    batches = ((p.movedim(1, -1) + 1) / 2 for p in pixels)  # [-1, 1] channels-first -> ComfyUI's [0, 1] channels-last
+    return fit_batches(batches, vae, kind, components, {"resolution": f"{width}x{height}",
+                                                        "source_digest": digest_paths(paths)})
+
+
+@torch.no_grad()
+def raw_color(vae, color: str, size: int = 64) -> torch.Tensor:
+    """The raw latent means [C] (float64) of a flat image of `color` ('#rrggbb') encoded with `vae`."""
+    rgb = torch.tensor(parse_color(color), dtype=torch.float32) / 255.0
+    flat = rgb.view(1, 1, 1, 3).expand(1, size, size, 3).contiguous()
+    return vae.encode(flat).double().mean((0, 2, 3)).cpu()

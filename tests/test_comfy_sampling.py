@@ -1,0 +1,164 @@
+"""The first input ComfyUI's samplers give the diffusion model, with leakstyle's latent and noise nodes.
+
+Tiny models in ComfyUI's own classes (SD 1.x-shaped EPS, SD 2.x-shaped V_PREDICTION, SDXL-shaped with its
+ADM conditioning); a forward pre-hook on diffusion_model records the first input and stops the run."""
+
+import math
+
+import pytest
+import torch
+
+from comfyui_setup import comfyui_path, import_comfy, tiny_model
+
+if comfyui_path() is None:
+    pytest.skip("ComfyUI not found (set COMFYUI_PATH or put it at ../shared/ComfyUI)", allow_module_level=True)
+
+SAMPLERS = ["euler", "euler_ancestral", "heun", "lms", "dpm_2", "dpmpp_2m", "dpmpp_sde", "ddim", "uni_pc", "lcm"]
+SCHEDULERS = ["normal", "karras", "exponential", "simple", "sgm_uniform", "ddim_uniform"]
+STEPS = 2
+# Every sampler x scheduler on the SD 1.x shape; three samplers (ODE, SDE, multistep) x every scheduler on the others.
+CASES = [(family, sampler, scheduler) for family in ("sd1", "sd2-v", "sdxl") for sampler in SAMPLERS
+         for scheduler in SCHEDULERS if family == "sd1" or sampler in ("euler", "dpmpp_sde", "uni_pc")]
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory):
+    import_comfy(tmp_path_factory.mktemp("comfyui"))
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy_extras.nodes_custom_sampler as custom
+    import nodes
+
+    from leakstyle import comfy as pack
+
+    return {"model_base": comfy.model_base, "supported": comfy.supported_models, "patcher": comfy.model_patcher,
+            "custom": custom, "nodes": nodes, "pack": pack}
+
+
+@pytest.fixture(scope="module")
+def models(comfyui):
+    return {family: tiny_model(family) for family in ("sd1", "sd2-v", "sdxl")}
+
+
+class FirstCall(Exception):
+    pass
+
+
+def first_input(model, run) -> torch.Tensor:
+    """What model.diffusion_model receives at its first call while `run()` samples (the run is stopped there)."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["x"] = (args[0] if args else kwargs["x"]).detach().clone()
+        raise FirstCall
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with pytest.raises(FirstCall):
+            run()
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def style(channels=4):
+    from leakstyle import StyleDistribution
+
+    g = torch.Generator().manual_seed(3)
+    mean = torch.randn(channels, 8, 8, generator=g)
+    return StyleDistribution("pixel", mean, torch.rand(channels, 8, 8, generator=g) * 0.3,
+                             metadata={"space": "latent", "scaling_factor": "1.0", "shift_factor": "0.0"})
+
+
+def leak_latent(comfyui, model, seed=5, batch=2):
+    node = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakLatent"]()
+    return node.latent(model, style(), width=64, height=64, batch_size=batch, seed=seed)[0]
+
+
+def x_tilde(model, latent):
+    return model.get_model_object("latent_format").process_in(latent["samples"].clone())
+
+
+def abar(sigma):
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+def ksampler_sigmas(comfyui, model, sampler, scheduler, denoise):
+    import comfy.samplers
+
+    return comfy.samplers.KSampler(model, steps=STEPS, device="cpu", sampler=sampler, scheduler=scheduler,
+                                   denoise=denoise).sigmas
+
+
+@pytest.mark.parametrize("family, sampler, scheduler", CASES)
+def test_ksampler_first_input_is_unit_noise_plus_leak_at_sigma_max(comfyui, models, family, sampler, scheduler):
+    model, cond = models[family]
+    latent = leak_latent(comfyui, model)
+    seed = 11
+    sigma_0 = float(ksampler_sigmas(comfyui, model, sampler, scheduler, 1.0)[0])
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    at_max = math.isclose(sigma_max, sigma_0, rel_tol=1e-5) or sigma_0 > sigma_max
+    x = first_input(model, lambda: comfyui["nodes"].KSampler().sample(model, seed, STEPS, 1.0, sampler, scheduler, cond,
+                                                                     cond, latent, denoise=1.0))
+    import comfy.sample
+
+    eps = comfy.sample.prepare_noise(latent["samples"], seed)
+    c_eps = 1.0 if at_max else math.sqrt(1 - abar(sigma_0))
+    expected = c_eps * eps + math.sqrt(abar(sigma_0)) * x_tilde(model, latent)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2-v", "sdxl"])
+def test_ksampler_below_full_denoise_is_the_forward_process(comfyui, models, family):
+    model, cond = models[family]
+    latent = leak_latent(comfyui, model)
+    sigma_0 = float(ksampler_sigmas(comfyui, model, "euler", "normal", 0.5)[0])
+    assert sigma_0 < 0.9 * float(model.get_model_object("model_sampling").sigma_max)
+    x = first_input(model, lambda: comfyui["nodes"].KSampler().sample(model, 2, STEPS, 1.0, "euler", "normal", cond, cond,
+                                                                     latent, denoise=0.5))
+    import comfy.sample
+
+    eps = comfy.sample.prepare_noise(latent["samples"], 2)
+    expected = math.sqrt(1 - abar(sigma_0)) * eps + math.sqrt(abar(sigma_0)) * x_tilde(model, latent)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+
+
+def custom_advanced(comfyui, model, cond, noise, sigmas, sampler, latent):
+    custom = comfyui["custom"]
+    guider = custom.CFGGuider().get_guider(model, cond, cond, 1.0)[0]
+    sampler_object = custom.KSamplerSelect().get_sampler(sampler)[0]
+    return custom.SamplerCustomAdvanced().sample(noise, guider, sampler_object, sigmas, latent)
+
+
+@pytest.mark.parametrize("family, sampler, scheduler", CASES)
+def test_leak_noise_makes_the_first_input_exactly_the_forward_process(comfyui, models, family, sampler, scheduler):
+    model, cond = models[family]
+    latent = leak_latent(comfyui, model)
+    sigmas = comfyui["custom"].BasicScheduler().get_sigmas(model, scheduler, STEPS, 1.0)[0]
+    noise = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=21)[0]
+    x = first_input(model, lambda: custom_advanced(comfyui, model, cond, noise, sigmas, sampler, latent))
+    import comfy.sample
+
+    eps = comfy.sample.prepare_noise(latent["samples"], 21)
+    a0 = abar(float(sigmas[0]))
+    torch.testing.assert_close(x, math.sqrt(a0) * x_tilde(model, latent) + math.sqrt(1 - a0) * eps, rtol=1e-5, atol=1e-5)
+
+
+def test_leak_noise_honours_batch_index_as_random_noise_does(comfyui, models):
+    model, _ = models["sd1"]
+    latent = dict(leak_latent(comfyui, model, batch=2), batch_index=[3, 1])
+    sigmas = comfyui["custom"].BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
+    ours = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakNoise"]().noise(model, sigmas, noise_seed=4)[0]
+    theirs = comfyui["custom"].Noise_RandomNoise(4)
+    factor = math.sqrt(1 - abar(float(sigmas[0])))
+    torch.testing.assert_close(ours.generate_noise(latent), factor * theirs.generate_noise(latent))
+    assert ours.seed == 4
+
+
+def test_leak_latent_gives_x_tilde_back_through_process_latent_in(comfyui, models):
+    model, _ = models["sdxl"]
+    latent = leak_latent(comfyui, model, seed=9, batch=3)
+    expected = style().sample(3, 8, 8, generator=torch.Generator().manual_seed(9)) * 0.13025  # raw units -> SDXL's
+    assert latent["samples"].shape == (3, 4, 8, 8)
+    torch.testing.assert_close(x_tilde(model, latent), expected, rtol=1e-5, atol=1e-6)
