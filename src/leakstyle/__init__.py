@@ -14,8 +14,9 @@ from .files import convert, load, save  # noqa: E402
 from .fit import fit, merge  # noqa: E402
 from .leak import initial_latents  # noqa: E402
 from .pipeline import generate, iter_generate, load_pipeline  # noqa: E402
+from .probe import probe  # noqa: E402
 from .schedule import ZeroTerminalSNRWarning, leak_at_first_step  # noqa: E402
 
 __all__ = ["StyleDistribution", "LeakstyleError", "StyleFileError", "ImageError", "convert", "load", "save", "fit",
            "merge", "initial_latents", "generate", "iter_generate", "load_pipeline", "ZeroTerminalSNRWarning", "leak_at_first_step",
-           "__version__"]
+           "probe", "__version__"]

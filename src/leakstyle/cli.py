@@ -71,23 +71,35 @@ def cmd_fit(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from .denoiser import is_video
     from .files import load
     from .leak import image_size
     from .loading import EMBEDDED_NAME
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
     from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
+    from .videofiles import frame_pngs, write_webps
 
     options = dict(num_images=args.num_images, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler,
                    timestep_spacing=args.timestep_spacing)
     seed = check_generate_options(seed=args.seed, strength=args.strength, color=args.color, **options)
     check_before_loading(args.model, args.prompt, args.steps, args.scheduler, args.timestep_spacing)
+    if args.num_frames is not None and args.num_frames < 1:
+        raise LeakstyleError(f"--num-frames must be at least 1, got {args.num_frames}")
+    init_image = open_image(args.image) if args.image else None
     style = load(args.style, lf_order=args.lf_order) if args.style else None
     out = Path(args.out)
     check_output_folder(out)
 
     pipe = load_pipeline(args.model, device=args.device)
+    if is_video(pipe) != (args.num_frames is not None):
+        raise LeakstyleError(f"{args.model} is a video model: give --num-frames" if is_video(pipe) else
+                             f"{args.model or 'this model'} makes images, not videos; leave out --num-frames")
+    if args.num_frames is not None:
+        options.update(num_frames=args.num_frames, frames=args.frames)
+    if init_image is not None:
+        options.update(image=init_image)
     common = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=seed, progress=not args.quiet, **options)
     leak = iter_generate(pipe, style=style, color=args.color, strength=args.strength, on_no_leak="raise", **common)
     baseline = iter_generate(pipe, noise=None, **common) if args.baseline else None  # N(0, I), fine-tuned or not
@@ -106,14 +118,33 @@ def cmd_generate(args) -> int:
     index, written = next_index(out), 0
     with torch.inference_mode():
         for _, s, image in leak:
-            pngs = {"": png_bytes(image, {**params, **leak_params, "seed": s})}
+            runs = {"": (image, leak_params)}
             if baseline is not None:
-                pngs[BASELINE] = png_bytes(next(baseline)[2], {**params, **baseline_params, "seed": s})
-            index, paths = write_numbered(out, index, s, pngs)
+                runs[BASELINE] = (next(baseline)[2], baseline_params)
+            if args.num_frames is None:
+                pngs = {suffix: png_bytes(result, {**params, **p, "seed": s}) for suffix, (result, p) in runs.items()}
+                index, paths = write_numbered(out, index, s, pngs)
+            else:  # videos: each frame a PNG (numbered like images), then each video's animated WebP
+                pngs = {k: v for suffix, (frames, p) in runs.items()
+                        for k, v in frame_pngs(frames, {**params, **p, "seed": s}, suffix).items()}
+                index, paths = write_numbered(out, index, s, pngs)
+                paths += write_webps(out, index, s, {suffix: frames for suffix, (frames, _) in runs.items()})
             index, written = index + 1, written + len(paths)
     last = seed + args.num_images - 1
-    print(f"wrote {written} image{'s' * (written != 1)} to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
+    what = f"image{'s' * (written != 1)}" if args.num_frames is None else "files (video frames and animated WebPs)"
+    print(f"wrote {written} {what} to {out} (seed {seed}" + (f" to {last})" if last != seed else ")"))
     return 0
+
+
+def open_image(path) -> "Image.Image":
+    """The RGB image at `path` (the image Stable Video Diffusion animates), or a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise LeakstyleError(f"cannot read image {path}: {e}") from None
 
 
 # -- inspect, convert, merge -------------------------------------------------------------------------
@@ -273,6 +304,26 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+# -- probe -------------------------------------------------------------------------------------------
+def cmd_probe(args) -> int:
+    import json
+
+    from .files import load
+    from .loading import EMBEDDED_NAME
+    from .pipeline import check_before_loading, load_pipeline
+    from .probe import format_probe, probe
+
+    if args.steps < 1:
+        raise LeakstyleError(f"--steps must be a whole number of at least 1, got {args.steps}")
+    check_before_loading(args.model, "", args.steps, args.scheduler, args.timestep_spacing)  # no prompt needed
+    style = load(args.style, lf_order=args.lf_order) if args.style else None
+    pipe = load_pipeline(args.model, device=args.device)
+    result = probe(pipe, scheduler=args.scheduler, steps=args.steps, height=args.height, width=args.width, style=style,
+                   timestep_spacing=args.timestep_spacing)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_probe(result, str(args.model or EMBEDDED_NAME)))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 HIDDEN_ALIASES = frozenset({"--output"})  # older spellings that still parse but are not shown in --help
 
@@ -392,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
     g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
     g.add_argument("--baseline", action="store_true", help="also write the pure-noise image for each seed")
+    g.add_argument("--num-frames", type=int, default=None, help="video models: frames per video; writes "
+                   "NNNN-seedS-frameJJJ.png and an animated NNNN-seedS.webp per video (default: none, images)")
+    g.add_argument("--frames", choices=("shared", "independent"), default="shared",
+                   help="video: one x_tilde per video shared by its frames (default), or one per frame")
+    g.add_argument("--image", default=None, help="image to animate (Stable Video Diffusion; default: none)")
     g.add_argument("-o", "--out", required=True, help="output folder, created when the first image is written; images "
                    "already there are kept and new ones numbered after them")
     common(g, force=False)
@@ -482,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_lf_order_option(m)
     m.set_defaults(func=cmd_merge)
+
+    pr = command("probe", "how strongly a model's schedule leaks, before generating anything",
+                 "T and sqrt(abar_T) of the scheduler's first step, the per-element and DC SNR at the size, the "
+                 "pure-noise std ratio of channel means that the linear-Gaussian picture predicts, and a verdict: "
+                 "strong (SNR_DC >= 1), weak (>= 0.25) or none.")
+    pr.add_argument("--model", help="diffusers folder or hub id (default: the embedded miniature model)")
+    pr.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
+                    help="scheduler to probe (default: the model's own)")
+    pr.add_argument("--steps", type=int, default=25, help="inference steps (default 25, as generate)")
+    pr.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
+                    help="how the inference timesteps are spread over the training ones; trailing starts at the last "
+                         "(default: the scheduler config's)")
+    pr.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's native size)")
+    pr.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's native size)")
+    pr.add_argument("--style", default=None, help="dct style file or official folder giving sigma_m (default: the "
+                    "model's latents of the bundled reference images)")
+    add_lf_order_option(pr)
+    pr.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    pr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    pr.set_defaults(func=cmd_probe)
     return p
 
 

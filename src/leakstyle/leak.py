@@ -13,9 +13,13 @@ import warnings
 
 import torch
 
+from .denoiser import (denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of,
+                       vae_factor)
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
-from .schedule import ZERO_SNR_EXPLANATION, Leak, ZeroTerminalSNRWarning, leak_at_first_step
+from .pipecall import default_call_size
+from .schedule import Leak, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
+from .video import check_frames, video_x_tilde
 
 
 def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak, scale: float = 1.0) -> torch.Tensor:
@@ -25,30 +29,30 @@ def x_T(x_tilde: torch.Tensor, eps: torch.Tensor, leak: Leak, scale: float = 1.0
     return x_tilde.mul_(leak.sqrt_abar_T / scale).add_(eps, alpha=leak.sqrt_one_minus_abar_T / scale)
 
 
-def vae_factor(pipe) -> int:
-    """How many pixels one latent element spans per side (1 for pixel-space models)."""
-    vae = getattr(pipe, "vae", None)
-    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-
-
 def size_multiple(pipe) -> int:
     """What height and width in pixels must be multiples of.
 
     Text-to-image pipelines (SD, SDXL) check multiples of 8 whatever the VAE, and the latent must divide evenly:
     lcm(8, VAE factor). A UNet2DModel downsamples len(down_block_types) - 1 times without padding, so its input
-    needs multiples of 2^(that) (times the VAE factor where there is a VAE)."""
+    needs multiples of 2^(that) (times the VAE factor where there is a VAE). A transformer (PixArt, Hunyuan-DiT)
+    cuts the latent into patch_size x patch_size patches: lcm(8, VAE factor * patch_size)."""
     factor = vae_factor(pipe)
+    denoiser = denoiser_of(pipe)
+    factor *= int(denoiser.config.get("patch_size") or 1)
     if getattr(pipe, "text_encoder", None) is not None:
         return math.lcm(8, factor)
-    if type(pipe.unet).__name__ == "UNet2DModel":
-        return factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    if type(denoiser).__name__ == "UNet2DModel":
+        return factor * 2 ** (len(denoiser.config.down_block_types) - 1)
     return factor
 
 
 def native_size(pipe) -> tuple[int, int]:
-    """The model's own (height, width) in pixels: the UNet's sample size times the VAE factor."""
-    sample_size = pipe.unet.config.sample_size
-    sample_size = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+    """The model's own (height, width) in pixels: the pipeline's own default where its __call__ has one (Stable
+    Video Diffusion: 576 x 1024), else the denoiser's sample size times the VAE factor."""
+    own = default_call_size(pipe)
+    if own is not None:
+        return own
+    sample_size = native_latent_size(pipe)
     return sample_size[0] * vae_factor(pipe), sample_size[1] * vae_factor(pipe)
 
 
@@ -74,7 +78,7 @@ def latent_shape(pipe, height: int | None, width: int | None) -> tuple[int, int,
     """(C, h, w) of the initial latent for an image of height x width pixels (the model's default size if None)."""
     factor = vae_factor(pipe)
     height, width = image_size(pipe, height, width)
-    return pipe.unet.config.in_channels, height // factor, width // factor
+    return latent_channels(pipe), height // factor, width // factor
 
 
 def check_strength(strength) -> None:
@@ -104,7 +108,8 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     width: int | None = None, num_inference_steps: int = 50,
                     generator: torch.Generator | None = None, scheduler=None,
                     color: torch.Tensor | None = None, strength: float = 1.0,
-                    device=None, dtype=torch.float32) -> torch.Tensor:
+                    device=None, dtype=torch.float32, num_frames: int | None = None,
+                    frames: str = "shared") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
     Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
@@ -112,20 +117,29 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
     A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
+
+    Video pipelines (see denoiser.layout) get [B, C, F, h, w] or [B, F, C, h, w] with F = `num_frames` (the
+    model's default if None): eps independent per frame, x_tilde shared by a clip's frames or, with
+    frames="independent", one per frame (see video.video_x_tilde).
     """
     scheduler = scheduler or pipe.scheduler
+    check_frames(frames)
     C, h, w = latent_shape(pipe, height, width)
     check_leak_inputs(style, color, strength, C)
     leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
-    device = device or pipe.unet.device
-    eps = noise((batch_size, C, h, w), generator, device, dtype)
+    F = num_frames_of(pipe, num_frames)
+    device = device or denoiser_of(pipe).device
+    eps = noise(latent_tensor_shape(pipe, batch_size, C, h, w, F), generator, device, dtype)
     if style is None and color is None:
         return eps
     if not leak.has_leak:
-        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+        warnings.warn(no_leak_explanation(scheduler, leak), ZeroTerminalSNRWarning, stacklevel=2)
         return eps
     if color is not None:
         base = style if style is not None else StyleDistribution.flat(torch.zeros(C), h, w)
         style = base.with_color(torch.as_tensor(color, dtype=torch.float32), strength)
-    x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    if F is None:
+        x_tilde = style.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
+    else:
+        x_tilde = video_x_tilde(style, batch_size, F, h, w, layout(pipe), frames, generator, device, dtype)
     return x_T(x_tilde, eps, leak, scale=leak.input_scale)

@@ -50,8 +50,8 @@ def load_diffusers(model: str | os.PathLike | None = None, device: str | None = 
         first_line = first_line.removeprefix(f"Cannot load model {model}: ")
         first_line = first_line.split(" Please check out the root cause")[0]
         raise LeakstyleError(f"cannot load model {model}: {first_line}") from None
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "scheduler"):
-        raise LeakstyleError(f"{model} has no UNet and scheduler; leakstyle needs a UNet diffusion pipeline")
+    if (getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is None) or not hasattr(pipe, "scheduler"):
+        raise LeakstyleError(f"{model} has no UNet or transformer and scheduler; leakstyle needs a diffusion pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

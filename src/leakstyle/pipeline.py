@@ -1,7 +1,8 @@
 """Loading pipelines and generating images that start from a signal leak.
 
-Text-to-image pipelines (Stable Diffusion 1.x/2.x, SDXL, and anything that takes `latents=`) are called
-as they are. Pixel-space models (UNet2DModel + scheduler) take no `latents=`, so leakstyle runs their loop.
+Pipelines that take `latents=` (Stable Diffusion 1.x/2.x, SDXL, PixArt, Hunyuan-DiT, the video pipelines) are
+called as they are (see pipecall). Pixel-space models (UNet2DModel + scheduler) and DeepFloyd IF's stage I take no
+`latents=`, so leakstyle runs their loop (run_pixel_model, cascade.run_stage_one).
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .cascade import is_cascade, run_stage_one
+from .denoiser import denoiser_of, num_frames_of
 from .distribution import StyleDistribution
 from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
 from .loading import EMBEDDED_MODEL, load_diffusers, read_model_index, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
-from .schedule import ZERO_SNR_EXPLANATION, ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step
+from .pipecall import call_pipeline, check_conditioning, takes_latents
+from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
 from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
 from .seeds import resolve_seed, sampler_seed
+from .video import check_frames
 
 NO_LEAK_ACTIONS = ("warn", "raise")
 
@@ -143,22 +148,25 @@ def check_before_loading(model: str | os.PathLike | None, prompt: str | list[str
 
 def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style, color, strength: float,
                  negative_prompt: str | None, num_inference_steps: int, guidance_scale: float, height: int, width: int,
-                 progress: bool) -> list[Image.Image]:
-    """One image per seed through pipe (checked inputs): x_T from `start` (initial_latents or style_initial_latents)
-    with a generator seeded by the image's seed, the sampler's own noise from sampler_seed(seed)."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+                 progress: bool, num_frames: int | None = None, image: Image.Image | None = None) -> list:
+    """One image (or video of `num_frames` frames) per seed through pipe (checked inputs): x_T from `start`
+    (initial_latents or style_initial_latents) with a generator seeded by the image's seed, the sampler's own noise
+    from sampler_seed(seed). `image`: the image Stable Video Diffusion animates."""
+    device, dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype
     latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
                                num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
                                color=color, strength=strength, device=device, dtype=dtype)
                          for s in seeds])
     # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
     generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
-    if not is_text_to_image(pipe):
+    if is_cascade(pipe):  # DeepFloyd IF: no latents=, leakstyle runs its stage I
+        return run_stage_one(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, generators,
+                             progress)
+    if not is_text_to_image(pipe) and not takes_latents(pipe):
         return run_pixel_model(pipe, latents, num_inference_steps, generators, progress)
     pipe.set_progress_bar_config(disable=not progress, leave=False)
-    return pipe(prompt=prompts, negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                height=height, width=width, generator=generators).images
+    return call_pipeline(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                         generators, num_frames=num_frames, image=image)
 
 
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
@@ -166,8 +174,10 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                   guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
                   width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
                   batch_size: int | None = 4, progress: bool = False, noise: StyleDistribution | None | str = "auto",
-                  on_no_leak: str = "warn") -> Iterator[tuple[int, int, Image.Image]]:
+                  on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
+                  image: Image.Image | None = None) -> Iterator[tuple[int, int, Image.Image]]:
     """generate, one batch of `batch_size` images at a time: yields (index, seed, image) as each batch finishes.
+    For video pipelines `image` is a video: a list of frames (each with its seed in `info`).
 
     Every input is checked when this is called, before any sampling; the images come as the iterator is read.
     Image i comes from seed + i alone, so it is the same whatever the batch size. See generate for the rest.
@@ -181,22 +191,28 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                                   timestep_spacing=timestep_spacing, on_no_leak=on_no_leak)
     if is_text_to_image(pipe) and (prompt is None or (prompts is not None and not prompts)):
         raise LeakstyleError("this model is text-to-image: give a prompt")
+    check_frames(frames)
+    check_conditioning(pipe, prompt, image)
+    num_frames = num_frames_of(pipe, num_frames)
     run_scheduler = choose_scheduler(pipe.scheduler, scheduler, timestep_spacing)
     height, width = image_size(pipe, height, width)
     C = latent_shape(pipe, height, width)[0]
     leak = leak_at_first_step(run_scheduler, num_inference_steps, warn=False)  # refuses steps it cannot take
     if isinstance(noise, str):
         noise = getattr(pipe, "leakstyle_noise", None)
+    if noise is not None and num_frames is not None:
+        raise LeakstyleError("Diffusion in Style noise is for image models; this is a video pipeline")
     if isinstance(color, str):
         color = color_to_model_units(pipe, color)
     check_leak_inputs(style, color, strength, C)
     if (style is not None or color is not None) and not leak.has_leak:
-        explanation = ZERO_SNR_EXPLANATION if noise is None else ZERO_SNR_FINETUNED_EXPLANATION
+        explanation = no_leak_explanation(run_scheduler, leak) if noise is None else ZERO_SNR_FINETUNED_EXPLANATION
         if on_no_leak == "raise":
             raise LeakstyleError(explanation)
         warnings.warn(explanation, ZeroTerminalSNRWarning, stacklevel=2)
         style = color = None  # what the leak would give: the pure-noise (or style-noise) start
-    start = initial_latents if noise is None else functools.partial(style_initial_latents, noise=noise)
+    start = (functools.partial(initial_latents, num_frames=num_frames, frames=frames) if noise is None
+             else functools.partial(style_initial_latents, noise=noise))
     label = "leak images" if style is not None or color is not None else (
         "pure-noise images" if noise is None else "style-noise images")
     batch_size = batch_size or num_images
@@ -211,11 +227,13 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
                     images = sample_batch(pipe, start, seeds, prompts and prompts[first:first + len(seeds)],
                                           style=style, color=color, strength=strength, negative_prompt=negative_prompt,
                                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                          height=height, width=width, progress=progress)
+                                          height=height, width=width, progress=progress, num_frames=num_frames,
+                                          image=image)
                 bar.update(len(seeds))
-                for i, s, image in zip(indices, seeds, images):
-                    image.info["seed"] = s
-                    yield i, s, image
+                for i, s, result in zip(indices, seeds, images):
+                    for frame in (result if num_frames is not None else [result]):
+                        frame.info["seed"] = s
+                    yield i, s, result
 
     return batches()
 
@@ -225,7 +243,8 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
              guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
              width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
              batch_size: int | None = None, progress: bool = False, noise: StyleDistribution | None | str = "auto",
-             on_no_leak: str = "warn") -> list[Image.Image]:
+             on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
+             image: Image.Image | None = None) -> list:
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `seed` None or -1 draws a random first seed; each image's seed is in `image.info["seed"]`.
@@ -245,9 +264,14 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     the pure-noise result (`on_no_leak="warn"`), or a LeakstyleError (`on_no_leak="raise"`). Every input that
     cannot work (steps the scheduler cannot take, sizes, seeds, non-finite numbers) is a LeakstyleError raised
     before any sampling.
+
+    Video pipelines (AnimateDiff, text-to-video, Stable Video Diffusion) make `num_images` videos of `num_frames`
+    frames and return a list of videos, each a list of frames; `frames` is "shared" (one x_tilde per video) or
+    "independent" (see leak.initial_latents). Stable Video Diffusion animates `image` and takes no prompt.
+    DeepFloyd IF (no `latents=`) runs stage I from the leak (see cascade.run_stage_one) and returns 64 px images.
     """
     return [image for _, _, image in iter_generate(
         pipe, prompt, style=style, color=color, strength=strength, seed=seed, num_images=num_images,
         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
         height=height, width=width, scheduler=scheduler, timestep_spacing=timestep_spacing, batch_size=batch_size,
-        progress=progress, noise=noise, on_no_leak=on_no_leak)]
+        progress=progress, noise=noise, on_no_leak=on_no_leak, num_frames=num_frames, frames=frames, image=image)]

@@ -78,6 +78,14 @@ def abar_from_sigma(sigma: float) -> float:
     return 1.0 / (1.0 + sigma * sigma)
 
 
+def no_leak(scheduler, warn: bool) -> Leak:
+    """The Leak of a scheduler without alphas_cumprod (flow matching): abar_T = 0 at T = num_train_timesteps."""
+    if warn:
+        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=3)
+    return Leak(T=int(scheduler.config.get("num_train_timesteps", 1000)), abar_T=0.0,
+                input_scale=float(getattr(scheduler, "init_noise_sigma", 1.0)))
+
+
 def fewest_steps(scheduler) -> int:
     """PNDM with its Runge-Kutta warm-up (skip_prk_steps false) needs pndm_order (4) steps; the rest take one."""
     if hasattr(scheduler, "pndm_order") and not scheduler.config.get("skip_prk_steps", False):
@@ -105,7 +113,8 @@ def schedule_fits(scheduler, num_inference_steps: int):
         return None
     timesteps = scheduler.timesteps.double()
     past_the_end = hasattr(scheduler, "alphas_cumprod") and float(timesteps.max()) > len(scheduler.alphas_cumprod) - 1
-    if past_the_end or float(timesteps.min()) < 0:
+    continuous = scheduler.config.get("timestep_type") == "continuous"  # SVD's EDM Euler: t = log(sigma) / 4
+    if not continuous and (past_the_end or float(timesteps.min()) < 0):
         return None
     if num_inference_steps > 1 and len(torch.unique(timesteps)) < 2:
         return None
@@ -147,20 +156,34 @@ def leak_at_first_step(scheduler, num_inference_steps: int, warn: bool = True) -
     sigma_T, which is what their update uses (the two agree wherever T is an integer timestep).
     A step count the scheduler cannot take is a LeakstyleError (see `scheduled`).
     """
+    if not hasattr(scheduler, "alphas_cumprod"):  # flow matching: x_1 is pure noise by construction
+        # (asked before set_timesteps, which Flux's dynamically shifted schedule cannot run without its `mu`)
+        return no_leak(scheduler, warn)
     scheduler = scheduled(scheduler, num_inference_steps)
     t0 = scheduler.timesteps[0]
     T = int(round(float(t0)))
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) > 0 and hasattr(scheduler, "alphas_cumprod"):
         abar_T = abar_from_sigma(float(sigmas[0]))
-    elif hasattr(scheduler, "alphas_cumprod"):
+    else:
         abar_T = float(scheduler.alphas_cumprod[T])
-    else:  # flow matching: x_1 is pure noise by construction
-        abar_T = 0.0
     input_scale = float(getattr(scheduler, "init_noise_sigma", 1.0))
     if hasattr(scheduler, "scale_model_input"):
         input_scale *= float(scheduler.scale_model_input(torch.ones(1, dtype=torch.float64), t0).reshape(-1)[0])
     leak = Leak(T=T, abar_T=abar_T, input_scale=input_scale)
     if warn and not leak.has_leak:
-        warnings.warn(ZERO_SNR_EXPLANATION, ZeroTerminalSNRWarning, stacklevel=2)
+        warnings.warn(no_leak_explanation(scheduler, leak), ZeroTerminalSNRWarning, stacklevel=2)
     return leak
+
+
+def no_leak_explanation(scheduler, leak: Leak) -> str:
+    """Why `scheduler` leaks nothing at its first step, naming the cause: flow matching or rescale_betas_zero_snr
+    (ZERO_SNR_EXPLANATION), or a schedule such as DeepFloyd IF's cosine one that is nearly pure noise at T."""
+    config = getattr(scheduler, "config", {})
+    if not hasattr(scheduler, "alphas_cumprod") or config.get("rescale_betas_zero_snr"):
+        return ZERO_SNR_EXPLANATION
+    name = config.get("beta_schedule", "this")
+    cause = "its cosine schedule (squaredcos_cap_v2)" if name == "squaredcos_cap_v2" else f"its {name} schedule"
+    return (f"no signal leaks at this scheduler's first step: {cause} has sqrt(abar_T) = {leak.sqrt_abar_T:.1e} at "
+            f"T = {leak.T}, not rescale_betas_zero_snr; start later in the schedule (fewer steps with 'leading' "
+            f"spacing: see leakstyle probe), or use Diffusion in Style (leakstyle finetune)")

@@ -46,6 +46,7 @@ from .leak import image_size, vae_factor
 from .loading import EMBEDDED_NAME
 from .pipeline import iter_generate, load_pipeline, noise_name
 from .png import png_bytes
+from .probe import verdict_line
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
 STYLE_SOURCES = ("none", "fit images", "style file")
@@ -343,6 +344,7 @@ def build_app(model: Model) -> gr.Blocks:
     with gr.Blocks(title="leakstyle", analytics_enabled=False) as app:
         gr.Markdown("# leakstyle\nStyle, brightness and colour from the noise that sampling starts from "
                     f"(signal-leak sampling). {about}.")
+        gr.Markdown(verdict_line(pipe), elem_id="leak-verdict")  # how strongly this model's schedule leaks
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
