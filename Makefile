@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[all,dev,comfyui-test]'
+	$(PY) -m pip install --quiet -e '.[all,scale,dev,comfyui-test]'
 	$(PY) -m pip install --quiet --no-deps torchsde  # ComfyUI's SDE samplers; it depends on torch: keep the pinned one
 	touch $(STAMP)
 

@@ -10,6 +10,8 @@
    (b) accumulating the moments against encoding the images with a VAE.
 4. The ComfyUI node pack's nodes against a KSampler run on the embedded model (benchmarks/comfy_overhead.py).
 5. Calibrated colour control against raw colour control (benchmarks/color.py).
+6. Fitting at scale: images per second with 1 and 2 processes, and the share of the fit's wall time spent
+   outside the VAE encode (benchmarks/fit_scale.py).
 
 Timings interleave baseline and candidate in the same process and report medians; ratios are medians of
 the per-round ratios. Results also go to benchmarks/out/results.json. See benchmarks/README.md.
@@ -515,10 +517,43 @@ def figure_color(quick: bool):
     return figure(quick)
 
 
+# -- 6. fitting at scale -------------------------------------------------------------------------------
+def figure_fit_scale(quick: bool) -> tuple[list[Row], dict]:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fit_scale import measure  # benchmarks/fit_scale.py
+
+    m = measure(quick, threads=torch.get_num_threads())
+    what = f"{m['images']} JPEGs of mixed sizes at {m['resolution']} px, VAE {tuple(m['vae_channels'])}"
+    rows = []
+    base = m["runs"]["1 process, 0 workers"]
+    for name, run in m["runs"].items():
+        rate = run["images"] / run["wall_s"]
+        outside = 1 - run["encode_s"] / run["wall_s"]
+        ratio = rate / (base["images"] / base["wall_s"])
+        rows.append(Row(f"6. fit images/s, {name} ({what})" if run is base else f"6. fit images/s, {name}",
+                        f"{rate:.3g} img/s", "1 process, 0 workers" if run is not base else "-",
+                        None if run is base else ratio, "-", None))
+        target = name == "1 process, 1 worker" and not quick  # quick: 4 small images, the worker's start-up dominates
+        rows.append(Row(f"6. share of fit wall time outside the VAE encode, {name}", f"{outside:.3f}",
+                        f"encode {run['encode_s']:.1f} s of {run['wall_s']:.1f} s", outside,
+                        "<= 0.10" if target else "-", outside <= 0.10 if target else None))
+    rows.append(Row("6. decode + resize one JPEG / VAE encode one image", ms(m["decode_resize_s_per_image"]),
+                    ms(m["encode_s_per_image"]), m["decode_resize_s_per_image"] / m["encode_s_per_image"], "-", None))
+    if quick:
+        m["notes"] = ["fit_scale: the 2-process row and the encode-share target are in the full run only"]
+    return rows, m
+
+
 # -- main ---------------------------------------------------------------------------------------------
 
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
-           "fit_time": figure_fit_time, "comfy": figure_comfy, "color": figure_color}
+           "fit_time": figure_fit_time, "comfy": figure_comfy, "color": figure_color,
+           "fit_scale": figure_fit_scale}
+
+
+           "fit_time": figure_fit_time, "comfy": figure_comfy, "fit_scale": figure_fit_scale}
 
 
 def main(argv: list[str] | None = None) -> int:

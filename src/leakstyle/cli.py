@@ -42,19 +42,28 @@ def file_digest(path: Path) -> str:
 
 # -- fit ---------------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
+    from . import distributed, sources
     from .files import save
-    from .fit import fit
+    from .fit import fit, fit_options
     from .pipeline import load_pipeline
 
+    processes = distributed.from_env()  # under torchrun / accelerate launch: each process fits its share
     check_output(Path(args.out), args.force)
     pipe = None
     if args.space != "pixel" or args.resolution is None or args.model is not None:
-        pipe = load_pipeline(args.model, device=args.device)
-    style = fit(args.images, pipe=pipe, kind=args.type, components=args.components, resolution=args.resolution,
-                space=args.space, random_crop=args.random_crop, flip=args.flip, batch_size=args.batch_size,
-                seed=args.seed, strict=args.strict, progress=not args.quiet)
-    save(style, args.out, format=args.format, force=args.force)
-    print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.out}")
+        pipe = load_pipeline(args.model, device=distributed.process_device(args.device, processes))
+    fit_options(pipe, args.type, args.components, args.resolution, args.space)  # before the inputs are listed
+    source = sources.from_arguments(args.images, dataset=args.dataset, image_column=args.image_column,
+                                    split=args.split, streaming=args.streaming)
+    try:
+        style = fit(source, pipe=pipe, kind=args.type, components=args.components, resolution=args.resolution,
+                    space=args.space, random_crop=args.random_crop, flip=args.flip, batch_size=args.batch_size,
+                    seed=args.seed, strict=args.strict, progress=not args.quiet, workers=args.workers)
+        if processes.is_main:  # every process holds the whole result; one writes it
+            save(style, args.out, format=args.format, force=args.force)
+            print(f"fitted {style.kind} statistics on {style.image_count} images -> {args.out}")
+    finally:
+        distributed.leave()
     return 0
 
 
@@ -393,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedulers = ", ".join(SCHEDULERS)
     f = command("fit", "fit style statistics to a few images")
-    f.add_argument("images", nargs="+", help="image files and/or folders")
+    f.add_argument("images", nargs="*", help="image files, folders, @FILE lists (one path a line, relative to the "
+                   "list) and/or WebDataset tar shards ('shards-{000..009}.tar')")
     f.add_argument("-o", "--out", "--output", dest="out", required=True,
                    help="output .safetensors file (or folder with --format official)")
     f.add_argument("--space", choices=("latent", "pixel"), default=None,
@@ -408,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping it")
     f.add_argument("--format", choices=("leakstyle", "official"), default="leakstyle",
                    help="leakstyle: one .safetensors file; official: the research code's folder layout")
+    f.add_argument("--dataset", default=None, metavar="NAME_OR_PATH", help="a Hugging Face dataset (hub id or local "
+                   "folder) instead of IMAGES; needs pip install 'leakstyle[scale]'")
+    f.add_argument("--image-column", default=None, help="the dataset column holding the images (default: image), or "
+                   "the tar member extension (default: the first image one)")
+    f.add_argument("--split", default="train", help="the dataset split")
+    f.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it first")
+    f.add_argument("--workers", type=int, default=0, help="DataLoader worker processes that decode images in "
+                   "parallel (0: in the main process)")
     common(f)
     f.set_defaults(func=cmd_fit)
 
@@ -590,7 +608,11 @@ def main(argv: list[str] | None = None) -> int:
             resolve_device(args.device)  # every command: a device this torch cannot use is one line, before any work
         return args.func(args)
     except LeakstyleError as e:
-        print(f"leakstyle: error: {e}", file=sys.stderr)
+        from .distributed import SharedError
+
+        rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else 0
+        if rank == 0 or not isinstance(e, SharedError):  # an error every process raises is printed once
+            print(f"leakstyle: error: {e}" if rank == 0 else f"leakstyle: error: (process {rank}) {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
         error = missing_extra(e)

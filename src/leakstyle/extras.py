@@ -7,7 +7,8 @@ from .errors import LeakstyleError
 
 # top-level module -> the extra that installs it
 EXTRA_OF = {"diffusers": "diffusers", "transformers": "diffusers", "accelerate": "diffusers", "peft": "finetune",
-            "gradio": "ui", "matplotlib": "report", "skimage": "report"}
+            "gradio": "ui", "matplotlib": "report", "skimage": "report", "datasets": "scale", "webdataset": "scale",
+            "braceexpand": "scale"}
 
 
 def missing_extra(error: ModuleNotFoundError) -> LeakstyleError | None:

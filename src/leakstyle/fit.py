@@ -14,10 +14,12 @@ from . import __version__
 from .distribution import StyleDistribution
 from .encode import encode, vae_factors, vae_of
 from .errors import ImageError, LeakstyleError
-from .images import ImageBatches, digest_paths, list_images, open_image, parse_resolution
+from . import distributed
+from .images import open_image, parse_resolution
 from .leak import image_size, vae_factor
 from .loading import EMBEDDED_MODEL, EMBEDDED_NAME
 from .moments import Moments
+from .sources import Batches, ImageFiles, Inputs, Source
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
 
@@ -59,18 +61,10 @@ def tensor_size(width: int, height: int, factor: int, components: int | None) ->
     return H, W
 
 
-def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
-        resolution: int | str | tuple[int, int] | None = None, space: str | None = None, random_crop: bool = False,
-        flip: bool = False, batch_size: int = 8, seed: int = 0, strict: bool = False,
-        progress: bool = True) -> StyleDistribution:
-    """Fit `kind` ("pixel" or "dct" with `components`) statistics to images in the model's space.
-
-    `space` is "latent" (encode with the pipeline's VAE; the default for latent models) or "pixel"
-    (pixels in [-1, 1]; the default for pixel-space models). `resolution` is R, "WxH" or (W, H) in pixels,
-    the model's native size by default. Images are resized to cover it and cropped (centre, or random with
-    `random_crop`; `flip` mirrors at random). Corrupt images are skipped with a SkippedImagesWarning
-    (an ImageError with strict=True). Memory stays flat: only running float64 sums are kept.
-    """
+def fit_options(pipe, kind: str, components: int, resolution: int | str | tuple[int, int] | None,
+                space: str | None) -> tuple[str, int, int]:
+    """(space, width, height) of a fit with these options, refused in one line where they cannot be fitted;
+    checked before any image is read (the CLI calls it before it lists the inputs)."""
     if kind not in ("pixel", "dct"):
         raise LeakstyleError(f"unknown statistic type {kind!r}: use 'pixel' or 'dct'")
     vae = vae_of(pipe)
@@ -86,41 +80,79 @@ def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind
     else:
         width, height = parse_resolution(resolution)
     tensor_size(width, height, vae_factor(pipe) if space == "latent" else 1, components if kind == "dct" else None)
-    paths = list_images([images] if isinstance(images, (str, os.PathLike)) else images)
-    if len(paths) < MIN_IMAGES:
-        for path in paths:
+    return space, width, height
+
+
+def fit(images: str | os.PathLike | Sequence[str | os.PathLike], pipe=None, kind: str = "dct", components: int = 3,
+        resolution: int | str | tuple[int, int] | None = None, space: str | None = None, random_crop: bool = False,
+        flip: bool = False, batch_size: int = 8, seed: int = 0, strict: bool = False,
+        progress: bool = True, workers: int = 0) -> StyleDistribution:
+    """Fit `kind` ("pixel" or "dct" with `components`) statistics to images in the model's space.
+
+    `images`: files, folders, `@list` files or tar shards (see sources.inputs), or a sources.Source such as
+    sources.HubDataset. `workers` DataLoader processes decode images in parallel (0: this process). Under torchrun
+    or accelerate launch each process fits its share and the moments are all-reduced: every process returns the
+    whole set's distribution (see distributed.combine).
+
+    `space` is "latent" (encode with the pipeline's VAE; the default for latent models) or "pixel"
+    (pixels in [-1, 1]; the default for pixel-space models). `resolution` is R, "WxH" or (W, H) in pixels,
+    the model's native size by default. Images are resized to cover it and cropped (centre, or random with
+    `random_crop`; `flip` mirrors at random). Corrupt images are skipped with a SkippedImagesWarning
+    (an ImageError with strict=True). Memory stays flat: only running float64 sums are kept.
+    """
+    space, width, height = fit_options(pipe, kind, components, resolution, space)
+    vae = vae_of(pipe)
+    if not isinstance(images, Source):
+        images = Inputs([images] if isinstance(images, (str, os.PathLike)) else list(images))
+    source = images.listed()
+    if source.size is not None and source.size < MIN_IMAGES:
+        for path in source.paths if isinstance(source, ImageFiles) else ():
             open_image(path)  # an unreadable one says that it cannot be read, not only that there are too few
-        raise ImageError(f"found {len(paths)} image; fitting a variance needs at least {MIN_IMAGES} images")
-    batches = ImageBatches(paths, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip,
-                           seed=seed, strict=strict)
-    moments = None
-    with tqdm(total=len(paths), unit="img", desc="fit", disable=not progress, leave=False) as bar:
-        for pixels in batches:
-            x = encode(vae, pixels) if space == "latent" else pixels
-            if moments is None:
-                _, C, H, W = x.shape
-                if kind == "dct":
-                    moments = Moments.for_dct(C, H, W, components)
-                else:
-                    moments = Moments("pixel", C, H, W)
-            moments.update(x)
-            bar.update(len(pixels))
-    if batches.skipped:
-        first, reason = batches.skipped[0]
-        warnings.warn(f"skipped {len(batches.skipped)} of {len(paths)} images that could not be read "
-                      f"(first: {first}: {reason})", SkippedImagesWarning, stacklevel=2)
+        raise ImageError(f"found {source.size} image; fitting a variance needs at least {MIN_IMAGES} images")
+    processes = distributed.from_env()
+    distributed.join(processes, vae.device if space == "latent" else torch.device("cpu"))
+    batches = Batches(source, width, height, batch_size=batch_size, random_crop=random_crop, flip=flip, seed=seed,
+                      strict=strict, workers=workers, rank=processes.rank, world=processes.world_size)
+    moments, error = None, None
+    total = None if source.size is None else len(range(processes.rank, source.size, processes.world_size))
+    with tqdm(total=total, unit="img", desc="fit", disable=not progress or not processes.is_main, leave=False) as bar:
+        try:
+            moments = accumulate(batches, vae if space == "latent" else None, kind, components, bar)
+        except LeakstyleError as e:
+            if processes.world_size == 1:
+                raise
+            error = e  # the other processes raise it too, instead of waiting for this one's moments
+    moments, skipped = distributed.combine(moments, batches.skipped, error, kind, components, processes)
     count = 0 if moments is None else moments.count
+    if count == 0 and skipped:
+        raise ImageError(f"none of the {len(skipped)} images could be decoded (first: {skipped[0][0]}: {skipped[0][1]})")
+    if skipped and processes.is_main:
+        warnings.warn(f"skipped {len(skipped)} of {count + len(skipped)} images that could not be read "
+                      f"(first: {skipped[0][0]}: {skipped[0][1]})", SkippedImagesWarning, stacklevel=2)
     if count < MIN_IMAGES:
         raise ImageError(f"only {count} readable image(s); fitting a variance needs at least {MIN_IMAGES}")
-    skipped = {path for path, _ in batches.skipped}
-    read = [path for path in paths if path not in skipped]  # a skipped file stays skipped
     metadata = {"space": space, "model": model_name(pipe) if pipe is not None else "",
-                "resolution": f"{width}x{height}", "source_digest": digest_paths(read),
+                "resolution": f"{width}x{height}", "source_digest": source.digest({name for name, _ in skipped}),
                 "leakstyle_version": __version__}
     if space == "latent":
         scaling, shift = vae_factors(vae)
         metadata.update(scaling_factor=repr(scaling), shift_factor=repr(shift))
     return StyleDistribution.from_moments(moments, metadata)
+
+
+def accumulate(batches: Batches, vae, kind: str, components: int, bar=None) -> Moments | None:
+    """Streaming moments of the batches, encoded with `vae` (None: the pixels as they are); None without images."""
+    moments = None
+    for pixels, read in batches:
+        if pixels is not None:
+            x = encode(vae, pixels) if vae is not None else pixels
+            if moments is None:
+                _, C, H, W = x.shape
+                moments = Moments.for_dct(C, H, W, components) if kind == "dct" else Moments("pixel", C, H, W)
+            moments.update(x)
+        if bar is not None:
+            bar.update(read)
+    return moments
 
 
 def merge(styles: Sequence[StyleDistribution]) -> StyleDistribution:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -10,6 +11,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,10 +135,16 @@ def open_image(path: Path) -> Image.Image:
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise CorruptImageError(path, "a symbolic link to nothing (broken, or a loop)")
+    return decode_image(path, path)
+
+
+def decode_image(file: Path | BinaryIO, path: Path | str) -> Image.Image:
+    """open_image for a file path or an open binary file (a tar member, a dataset's bytes); `path` names it in errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as file, Image.open(file) as image:
+            with (open(file, "rb") if isinstance(file, Path) else contextlib.nullcontext(file)) as opened, \
+                    Image.open(opened) as image:
                 image.load()
                 return _to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -183,12 +191,18 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0).contiguous()
 
 
+def image_rng(seed: int, index: int) -> random.Random:
+    """The random source of image `index`'s crop and flip: keyed by the image's place in the whole input list,
+    so that a seed gives every image the same crop however the list is batched, skipped or split across processes."""
+    return random.Random(f"{seed}/{index}")
+
+
 @dataclass
 class ImageBatches:
     """Batches [B, 3, H, W] in [-1, 1] of the images at ``paths``, decoded lazily one batch at a time.
 
     Corrupt images are skipped and listed in ``skipped`` as (path, reason), or raise
-    CorruptImageError with ``strict``. Image i's crop and flip come from ``random.Random(f"{seed}/{i}")``,
+    CorruptImageError with ``strict``. Image i's crop and flip come from ``image_rng(seed, i)``,
     so a seed reproduces every batch, whichever images were skipped.
     """
 
@@ -213,7 +227,7 @@ class ImageBatches:
         return len(self.paths)
 
     def _load(self, index: int) -> torch.Tensor:
-        rng = random.Random(f"{self.seed}/{index}")
+        rng = image_rng(self.seed, index)
         image = open_image(self.paths[index])
         image = resize_and_crop(image, self.width, self.height, self.random_crop, self.flip, rng)
         return to_tensor(image)
