@@ -350,7 +350,9 @@ def test_equal_styles_saved_in_processes_with_different_hash_seeds_are_byte_iden
     exec(SAVE_A_STYLE, namespace)
     namespace["save_style"](here)
     seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
-    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # the folder of the leakstyle under test, not all of sys.path: pytest puts the repository's parent there (the
+    # repository has a root __init__.py for ComfyUI), and in a clone named leakstyle that folder would win
+    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(ls.__file__).parents[1])}
     subprocess.run([sys.executable, "-c", SAVE_A_STYLE, str(there)], check=True, env=env)
     assert here.read_bytes() == there.read_bytes()
 
