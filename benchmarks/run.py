@@ -9,7 +9,7 @@
 3. Fitting: (a) peak memory as the image count grows, against keeping every latent;
    (b) accumulating the moments against encoding the images with a VAE.
 4. The ComfyUI node pack's nodes against a KSampler run on the embedded model (benchmarks/comfy_overhead.py).
-5. Calibrated colour control against raw colour control (benchmarks/color.py).
+5. Calibrated colour control against raw colour control (`--only color`).
 6. Fitting at scale: images per second with 1 and 2 processes, and the share of the fit's wall time spent
    outside the VAE encode (benchmarks/fit_scale.py).
 
@@ -509,12 +509,45 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
 
 
 # -- 5. calibrated colour control --------------------------------------------------------------------
-def figure_color(quick: bool):
-    """5. Calibrated colour control against raw (benchmarks/color.py)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from color import figure_color as figure
+def figure_color(quick: bool) -> tuple[list[Row], dict]:
+    """5a. A generation with --color in calibrated mode against the same generation in raw mode, interleaved
+    (target <= 1.5): the embedded model, one image at 25 steps (--quick: a tiny random model at 4 steps).
+    5b. The initial latent alone, calibrated / raw: what the noise-DC correction adds (one mean per image).
+    Calibrated mode has no per-model calibration run, so there is nothing to cache and no calibration time to bound."""
+    import torch
 
-    return figure(quick)
+    from leakstyle.encode import color_to_model_units
+    from leakstyle.leak import initial_latents
+    from leakstyle.pipeline import generate, load_pipeline
+    from leakstyle.testing import tiny_sd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if quick:
+            pipe, what, steps = load_pipeline(tiny_sd(Path(tmp) / "sd"), device="cpu"), "tiny random SD", 4
+        else:
+            pipe, what, steps = load_pipeline(None, device="cpu"), "embedded mini-sd, 64 px", 25
+
+    def gen(mode):
+        return lambda: generate(pipe, "grinning face", color="#505050", color_mode=mode, seed=0, num_inference_steps=steps)
+
+    z = color_to_model_units(pipe, "#505050")
+
+    def start(mode):
+        return lambda: initial_latents(pipe, None, num_inference_steps=steps, color=z, color_mode=mode,
+                                       generator=torch.Generator().manual_seed(0))
+
+    t = interleaved({"raw": gen("raw"), "calibrated": gen("calibrated")}, rounds=4 if quick else 15)
+    init = interleaved({"raw": start("raw"), "calibrated": start("calibrated")}, rounds=50 if quick else 300)
+    ratio = paired_ratio(t["calibrated"], t["raw"])
+    low, high = ratio_spread(t["calibrated"], t["raw"])
+    rows = [
+        Row(f"5a. generate --color calibrated / raw, wall ({what}, 1 image, {steps} steps)",
+            f"{median(t['calibrated']):.3g} s", f"{median(t['raw']):.3g} s", ratio,
+            f"<= 1.5 (IQR {low:.3g}-{high:.3g})", ratio <= 1.5),
+        Row("5b. initial latent with a colour, calibrated / raw", ms(median(init["calibrated"])), ms(median(init["raw"])),
+            paired_ratio(init["calibrated"], init["raw"]), "-", None),
+    ]
+    return rows, {"model": what, "steps": steps, "wall_s": t, "initial_latent_s": init}
 
 
 # -- 6. fitting at scale -------------------------------------------------------------------------------
@@ -551,9 +584,6 @@ def figure_fit_scale(quick: bool) -> tuple[list[Row], dict]:
 FIGURES = {"sampling": figure_sampling, "generation": figure_generation, "memory": figure_memory,
            "fit_time": figure_fit_time, "comfy": figure_comfy, "color": figure_color,
            "fit_scale": figure_fit_scale}
-
-
-           "fit_time": figure_fit_time, "comfy": figure_comfy, "fit_scale": figure_fit_scale}
 
 
 def main(argv: list[str] | None = None) -> int:
