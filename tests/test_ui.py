@@ -17,6 +17,7 @@ from leakstyle import metrics, testing, ui
 from leakstyle.cli import main
 from leakstyle.distribution import StyleDistribution
 from leakstyle.encode import to_hex
+from leakstyle.errors import LeakstyleError
 from leakstyle.files import save
 from leakstyle.pipeline import generate
 
@@ -292,3 +293,9 @@ def test_the_prompt_box_suggests_emoji_names_for_the_embedded_model_only(model):
     if not (EMBEDDED_MODEL / "model_index.json").exists():
         pytest.skip("embedded model not built yet")
     assert "emoji name" in placeholder(ui.open_model(None, device="cpu"))
+
+
+@pytest.mark.parametrize("bad", [dict(strength=1.5, color="#ff0000"), dict(num_images=0), dict(steps=0)])
+def test_the_apis_checks_refuse_bad_numbers_before_sampling(model, bad):
+    with pytest.raises(LeakstyleError):
+        ui.run(model, "a cat", **{**FAST, **bad})

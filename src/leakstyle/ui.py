@@ -178,11 +178,7 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     parameters into `out` (by default a new folder in workdir(), removed at exit), named as
     `leakstyle generate --baseline` names them. A colour is aimed at in `color_mode` (calibrated by default, as in
     the CLI; see leakstyle.color)."""
-    if not 0.0 <= strength <= 1.0:
-        raise LeakstyleError(f"strength must be between 0 and 1, got {strength}")
-    if num_images < 1 or steps < 1:
-        raise LeakstyleError("the image count and the steps must be at least 1")
-    pipe = model.pipe
+    pipe = model.pipe  # the inputs are checked by iter_generate, before any sampling
     pipe.scheduler = make_scheduler(scheduler, model.scheduler.config) if scheduler else model.scheduler
     height, width = image_size(pipe, int(height or 0) or None, int(width or 0) or None)
     color = hex_color(color) if color else None
