@@ -166,13 +166,17 @@ def cached(file: Path, make) -> StyleFeatures:
     return features
 
 
-def settings_key(args) -> str:
-    """A short digest of the settings a cell depends on (all but seeds, steps, styles and timestep draws)."""
+def settings_key(args, style: str) -> str:
+    """A short digest of the settings a style's cells depend on (all but seeds, steps and timestep draws): the
+    options, and the content of the emoji set the style comes from (its manifest), not the folder it lies in."""
     import hashlib
 
-    keys = ("model", "data", "images", "heldout", "lr", "batch_size", "lora", "inference_steps", "guidance", "scheduler")
-    text = json.dumps({k: str(getattr(args, k)) for k in keys}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    keys = ("model", "images", "heldout", "lr", "batch_size", "lora", "inference_steps", "guidance", "scheduler")
+    settings = {k: str(getattr(args, k)) for k in keys}
+    settings["data"] = hashlib.sha256((args.data / STYLES[style] / "manifest.jsonl").read_bytes()).hexdigest()
+    if style == "lineart":
+        settings["line_threshold"] = LINE_THRESHOLD
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def generate_for(pipe, names: list[str], args, **kwargs) -> list:
@@ -243,7 +247,7 @@ def run_style(style: str, args, seeds: list[int], step_counts: list[int], timest
     rows = load_rows(data)
     heldout = heldout_rows(rows, args.heldout)
     names = [r["name"] for r in heldout]
-    key = settings_key(args)  # cells and runs of other settings live apart
+    key = settings_key(args, style)  # cells and runs of other settings live apart
     cells_root, runs_root = out / "cells" / key / style, out / "runs" / key / style
     reference = cached(cells_root / "reference.npz", lambda: [open_image(data / r["file"]) for r in heldout])
     print(f"[{style}] {len(heldout)} held-out images; seeds {seeds}, steps {step_counts}, timesteps {timesteps}", flush=True)

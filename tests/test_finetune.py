@@ -59,8 +59,8 @@ def noise_seen_by_the_unet(loss, x_0):
     """Run the loss with a UNet that records x_t; return eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
     seen = {}
 
-    def unet(x_t, t, **cond):
-        seen.update(x_t=x_t, t=t)
+    def unet(x_t, timestep, **cond):
+        seen.update(x_t=x_t, t=timestep)
         return SimpleNamespace(sample=torch.zeros_like(x_t))
 
     loss(unet, x_0, torch.Generator().manual_seed(0))
@@ -101,8 +101,8 @@ def test_loss_target_is_eps_or_v(prediction_type):
     loss = DenoisingLoss(lambda x, g: eps, schedule().alphas_cumprod, prediction_type)
     seen = {}
 
-    def unet(x_t, t, **cond):
-        seen["t"] = t
+    def unet(x_t, timestep, **cond):
+        seen["t"] = timestep
         return SimpleNamespace(sample=torch.zeros_like(x_t))
 
     value = loss(unet, x_0, torch.Generator().manual_seed(1))

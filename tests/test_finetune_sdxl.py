@@ -119,12 +119,13 @@ def test_a_refiner_shaped_unet_is_refused(tmp_path, images, sdxl_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_transformer_denoiser_is_refused_in_one_line(tmp_path, images, capsys):
-    from family_pipelines import pixart
-    folder = tmp_path / "pixart"
-    pixart().save_pretrained(folder)
+def test_a_transformer_denoiser_other_than_pixart_is_refused_in_one_line(tmp_path, images, capsys):
+    from family_pipelines import hunyuan_dit
+    folder = tmp_path / "hunyuan"
+    hunyuan_dit(tmp_path / "bert").save_pretrained(folder)
     argv = ["finetune", str(images), "--model", str(folder), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]
-    assert "PixArtTransformer2DModel" in run_error(argv, capsys)
+    message = run_error(argv, capsys)
+    assert "HunyuanDiT2DModel" in message and "PixArt" in message
     assert not (tmp_path / "out").exists()
 
 

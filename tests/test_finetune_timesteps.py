@@ -32,8 +32,8 @@ def images(tmp_path_factory):
 def timesteps_seen(loss, B=8, seed=0):
     seen = {}
 
-    def unet(x_t, t, **cond):
-        seen["t"] = t
+    def unet(x_t, timestep, **cond):
+        seen["t"] = timestep
         return SimpleNamespace(sample=torch.zeros_like(x_t))
 
     loss(unet, torch.zeros(B, 4, 4, 4), torch.Generator().manual_seed(seed))

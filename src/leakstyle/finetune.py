@@ -1,13 +1,15 @@
-"""Diffusion in Style (Everaert et al., ICCV 2023): fine-tune a UNet with noise drawn from a style distribution.
+"""Diffusion in Style (Everaert et al., ICCV 2023): fine-tune a denoiser with noise drawn from a style distribution.
 
 style images (+ captions) -> N(mu_style, Sigma_style) of their latents (leakstyle.fit), cached latents x_0 and the
-UNet's conditioning (leakstyle.conditioning: SD's text, or SDXL's two encoders, pooled text and size conditions)
--> DenoisingLoss(StyleNoise(style), timesteps) steps on accelerate (full or LoRA) -> a folder that load_pipeline reads:
+denoiser's conditioning (leakstyle.conditioning: SD's text; SDXL's two encoders, pooled text and size conditions;
+PixArt's T5 text and mask) -> DenoisingLoss(StyleNoise(style), timesteps) steps on accelerate (full or LoRA) on the
+UNet or PixArt transformer -> a folder that load_pipeline reads:
 
     OUT/finetune.json                      what was trained: base model, method, noise, options, status, step
     OUT/style.safetensors                  the style distribution; inference starts from x_T ~ N(mu_style, Sigma_style)
     OUT/model_index.json, unet/, ...       full fine-tune: a diffusers pipeline folder (plain from_pretrained loads it)
     OUT/pytorch_lora_weights.safetensors   LoRA: the UNet's adapter, applied to the base model named in finetune.json
+                                           (UNets only: diffusers' PixArt pipelines have no LoRA loader)
     OUT/checkpoints/step-000250/           the last checkpoint (accelerate save_state into a temp folder, then renamed)
 
 Every random draw of a training step comes from a generator seeded by (seed, micro-step, process), and batch k is a
@@ -29,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
+from .denoiser import denoiser_of
 from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
@@ -272,7 +275,7 @@ def encode_images(pipe, paths: list[Path], width: int, height: int) -> tuple[tor
     """x_0 [N, C, h, w] and each image's Crop. x_0: VAE latents in model units (the mode, as `fit` uses) or pixels
     in [-1, 1], of the images resized and centre-cropped to width x height as `fit` does; 8 images at a time."""
     vae = vae_of(pipe)
-    device = pipe.unet.device
+    device = denoiser_of(pipe).device
     x_0, crops = [], []
     for start in range(0, len(paths), 8):
         pixels = []
@@ -291,9 +294,11 @@ def check_model(pipe, captions: list[str] | None, lora: int | None, model) -> No
     if text_model and captions is None:
         raise LeakstyleError("no captions: put a metadata.jsonl ({\"file_name\": ..., \"text\": ...} per line) in the "
                              "image folder, or pass --prompt for all images")
-    if lora and not hasattr(pipe.unet, "add_adapter"):
-        raise LeakstyleError(f"--lora needs a UNet with attention layers (UNet2DConditionModel); {model} has a "
-                             f"{type(pipe.unet).__name__}: fine-tune it fully instead")
+    denoiser = denoiser_of(pipe)
+    if lora and not (hasattr(denoiser, "add_adapter") and hasattr(pipe, "load_lora_weights")):
+        raise LeakstyleError(f"--lora writes adapters that load with diffusers' load_lora_weights, which "
+                             f"{type(pipe).__name__} ({type(denoiser).__name__}) does not have; fine-tune it fully "
+                             f"(leave out --lora)")
     if getattr(pipe, "leakstyle_lora", False):
         raise LeakstyleError(f"{model} is a LoRA fine-tune; fine-tune its base model instead")
 
@@ -347,7 +352,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     pipe = load_pipeline(model, device=str(accelerator.device), dtype=torch.float32)
     check_model(pipe, captions, lora, model)
-    base_digest = weights_digest(pipe.unet)
+    base_digest = weights_digest(denoiser_of(pipe))
     recorded_digest = read_record(out).get("base_unet_sha256") if start > 0 else None
     if recorded_digest is not None and recorded_digest != base_digest:
         raise LeakstyleError(f"{out} was fine-tuned from other weights than {model or 'the embedded model'} has now "
@@ -433,8 +438,9 @@ def training_loss(noise: str, style: StyleDistribution, schedule, device, timest
 
 
 def trainable_unet(pipe, options: Options, accelerator):
-    """The UNet set up for training and its trainable parameters: all of them, or LoRA adapters on attention."""
-    unet = pipe.unet
+    """The denoiser (UNet or transformer) set up for training and its trainable parameters: all of them, or LoRA
+    adapters on a UNet's attention."""
+    unet = denoiser_of(pipe)
     if options.lora:
         from peft import LoraConfig
 
@@ -513,5 +519,5 @@ def export(pipe, unet, out: Path, lora: bool) -> None:
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         type(pipe).save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True)
     else:
-        pipe.unet = unet
+        setattr(pipe, "transformer" if getattr(pipe, "transformer", None) is not None else "unet", unet)
         pipe.save_pretrained(str(out))

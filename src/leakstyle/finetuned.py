@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .color import check_color_mode, noise_dc_correction
+from .denoiser import denoiser_of
 from .distribution import StyleDistribution
 from .errors import LeakstyleError
 from .files import load, write_atomic
@@ -100,7 +101,7 @@ def style_initial_latents(pipe, noise: StyleDistribution, style: StyleDistributi
         raise LeakstyleError(f"the fine-tune's style has {noise.channels} channels but the model's latents have {C}")
     check_leak_inputs(style, color, strength, C)
     leak = leak_at_first_step(pipe.scheduler, num_inference_steps, warn=False)
-    device = device or pipe.unet.device
+    device = device or denoiser_of(pipe).device
     eps_style = noise.sample(batch_size, h, w, generator=generator, device=device, dtype=dtype)
     if style is None and color is None:
         return eps_style / leak.input_scale

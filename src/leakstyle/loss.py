@@ -78,8 +78,11 @@ class DenoisingLoss:
 
         t ~ timesteps (U{0, ..., T-1} by default),  eps ~ noise,  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
         target = eps  (epsilon)   or   sqrt(abar_t) eps - sqrt(1 - abar_t) x_0  (v_prediction)
-        L = mean || F(x_t, t, c) - target ||^2
+        L = mean || F(x_t, t, c)[:C] - target ||^2
 
+    A denoiser with learned sigma (Nichol & Dhariwal 2021; PixArt, DeepFloyd IF) outputs 2C channels: the first C
+    are the prediction, the last C the variance interpolation, which this loss leaves untrained (fine-tuning keeps
+    the base model's variances, as diffusers' training scripts for such models do).
     `noise` is StandardNoise() for ordinary fine-tuning and StyleNoise(style) for Diffusion in Style.
     `alphas_cumprod` [T] is the training schedule's abar_t, on the device x_0 will be on. `timesteps` is
     UniformTimesteps(T) (the default) or LogSNRTimesteps(alphas_cumprod, mean, std).
@@ -93,14 +96,18 @@ class DenoisingLoss:
         self.prediction_type = prediction_type
         self.timesteps = timesteps if timesteps is not None else UniformTimesteps(len(alphas_cumprod))
 
-    def __call__(self, unet, x_0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
-        """x_0 [B, C, H, W] in model units; `cond` goes to the UNet (encoder_hidden_states=..., and SDXL's
-        added_cond_kwargs=...). Returns a scalar."""
-        B = x_0.shape[0]
+    def __call__(self, denoiser, x_0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+        """x_0 [B, C, H, W] in model units; `denoiser(x_t, timestep=t, **cond)` is the UNet or transformer, `cond`
+        its conditioning (encoder_hidden_states=..., SDXL's or PixArt's added_cond_kwargs=..., ...). Returns a scalar."""
+        B, C = x_0.shape[:2]
         t = self.timesteps(B, generator, x_0.device)
         eps = self.noise(x_0, generator)
         abar_t = self.alphas_cumprod[t].view(B, 1, 1, 1).to(x_0.dtype)
         x_t = abar_t.sqrt() * x_0 + (1 - abar_t).sqrt() * eps
         target = eps if self.prediction_type == "epsilon" else abar_t.sqrt() * eps - (1 - abar_t).sqrt() * x_0
-        F_x = unet(x_t, t, **cond).sample
+        F_x = denoiser(x_t, timestep=t, **cond).sample
+        if F_x.shape[1] == 2 * C:  # learned sigma: the prediction is the first C channels
+            F_x = F_x[:, :C]
+        elif F_x.shape[1] != C:
+            raise ValueError(f"the denoiser outputs {F_x.shape[1]} channels for {C}-channel latents; expected {C} or {2 * C}")
         return (F_x.float() - target.float()).square().mean()
