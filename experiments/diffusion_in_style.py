@@ -5,6 +5,7 @@ timestep draw add to it?
     .venv/bin/python experiments/diffusion_in_style.py [--styles twitter,lineart] [--seeds 0,1,2,3,4]
         [--steps 300,800] [--timesteps uniform,logsnr] [--lr 1e-4] [--inference-steps 20] [--images 32]
     .venv/bin/python experiments/diffusion_in_style.py --quick      # smoke run on a tiny random model, seconds
+    .venv/bin/python experiments/diffusion_in_style.py ... --report # tables from the cached cells only, no training
 
 The embedded mini-sd was trained on Google (Noto) emoji. Two new styles:
 - twitter: Twitter (Twemoji) emoji, which differ from Noto mostly in fine detail;
@@ -28,7 +29,10 @@ and the fine-tuning images themselves (the measure's floor).
 Everything is cached under OUT (--out, default experiments/results/diffusion_in_style_seeds): fine-tunes in
 runs/KEY/STYLE/seed-S/NOISE-TIMESTEPS/ (resumable), the features of each row's images in
 cells/KEY/STYLE/seed-S/ROW.npz (KEY: a digest of the other settings, so that other settings never mix).
-A killed run restarts where it stopped; rerunning with more seeds or steps adds only the new cells.
+A killed run restarts where it stopped; rerunning with more seeds or steps adds only the new cells. The cells
+are small (a few hundred kB) and committed; the runs are not (a later session retrains only unfinished cells).
+--report trains and generates nothing: it reports the cells that exist, each contrast over the seeds that have
+all its cells, and lists the missing ones.
 Writes OUT/results.md, OUT/results.json and OUT/distance-STYLE.png.
 """
 
@@ -153,15 +157,18 @@ def synthetic_data(folder: Path, n: int = 12) -> Path:
 
 
 # -- cells: the features of one row's images, computed once ------------------------------------------
-def cached(file: Path, make) -> StyleFeatures:
-    """The StyleFeatures stored in `file`, or features_of(make()) stored there first (written atomically)."""
+def cached(file: Path, make) -> StyleFeatures | None:
+    """The StyleFeatures stored in `file`, or features_of(make()) stored there first (written atomically);
+    None when the file does not exist and `make` is None."""
     if file.is_file():
         with np.load(file) as z:
             return StyleFeatures(z["colour"], z["gradient"], z["spectrum"], z["bandwidth"])
+    if make is None:
+        return None
     features = features_of(make())
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.stem + ".tmp.npz")
-    np.savez(tmp, **asdict(features))
+    np.savez_compressed(tmp, **asdict(features))  # mostly empty histograms: a tenth of the size
     os.replace(tmp, file)
     return features
 
@@ -241,7 +248,9 @@ def contrasts_at(steps: int) -> dict[str, dict[str, float]]:
 
 
 # -- one style ---------------------------------------------------------------------------------------
-def run_style(style: str, args, seeds: list[int], step_counts: list[int], timesteps: list[str], start: float) -> list[dict]:
+def run_style(style: str, args, seeds: list[int], step_counts: list[int], timesteps: list[str],
+              start: float) -> tuple[list[dict], list[str]]:
+    """The style's rows (per seed, then over seeds) and the rows whose cells are missing (--report)."""
     out = args.out
     data = style_data(style, args.data, out)
     rows = load_rows(data)
@@ -250,11 +259,17 @@ def run_style(style: str, args, seeds: list[int], step_counts: list[int], timest
     key = settings_key(args, style)  # cells and runs of other settings live apart
     cells_root, runs_root = out / "cells" / key / style, out / "runs" / key / style
     reference = cached(cells_root / "reference.npz", lambda: [open_image(data / r["file"]) for r in heldout])
+    if args.report and not (cells_root / "base.npz").is_file():
+        print(f"[{style}] no cells of these settings (key {key}) in {cells_root.parent}", flush=True)
     print(f"[{style}] {len(heldout)} held-out images; seeds {seeds}, steps {step_counts}, timesteps {timesteps}", flush=True)
-    results, features = [], {}
+    results, features, missing = [], {}, []
 
     def record(row: dict, seed: int | None, file: Path, make) -> None:
-        f = features.setdefault(row["cell"], {})[seed] = cached(file, make)
+        f = cached(file, None if args.report else make)
+        if f is None:
+            missing.append(f"seed {seed}: {row['row']}")
+            return
+        features.setdefault(row["cell"], {})[seed] = f
         interval = style_intervals(f, reference, n_boot=args.n_boot, seed=0)["style"]
         row.update(style=style, seed=seed, distance=interval.estimate, low=interval.low, high=interval.high)
         results.append(row)
@@ -274,7 +289,7 @@ def run_style(style: str, args, seeds: list[int], step_counts: list[int], timest
     for seed in seeds:
         cells = cells_root / f"seed-{seed}"
         train = train_draw(rows, args.images, seed)
-        images = write_style_folder(data, train, out / "style-images" / style / f"seed-{seed}")
+        images = None if args.report else write_style_folder(data, train, out / "style-images" / style / f"seed-{seed}")
         record({"row": "the fine-tuning images themselves", "cell": "train"}, seed, cells / "train.npz",
                lambda: [open_image(data / r["file"]) for r in train])
         options = dict(model=args.model, batch_size=args.batch_size, lr=args.lr, lora=args.lora, seed=seed,
@@ -287,23 +302,35 @@ def run_style(style: str, args, seeds: list[int], step_counts: list[int], timest
                     return generate_for(ls.load_pipeline(run, device=args.device), names, args)
                 record({"row": f"{noise} noise, {t} t, {steps} steps", "cell": f"{noise}-{t}-{steps}", "noise": noise,
                         "timesteps": t, "steps": steps}, seed, cells / f"{noise}-{t}-{steps}.npz", make)
-        style_file = runs[("style", timesteps[0])] / "style.safetensors"
-        record({"row": "base model, signal leak of the style (no training)", "cell": "leak"}, seed, cells / "leak.npz",
-               lambda: generate_for(base_pipe(), names, args, style=ls.load(style_file)))
+        def seed_style(run=runs[("style", timesteps[0])], images=images):
+            """The style distribution the seed's fine-tunes drew from: their file, or (runs are not committed) the
+            same fit finetune makes (its defaults: dct, 3 components, the model's native size)."""
+            file = run / "style.safetensors"
+            return ls.load(file) if file.is_file() else ls.fit(images, pipe=base_pipe(), strict=True, progress=False)
 
-    summary = []  # over seeds
+        record({"row": "base model, signal leak of the style (no training)", "cell": "leak"}, seed, cells / "leak.npz",
+               lambda: generate_for(base_pipe(), names, args, style=seed_style()))
+
+    summary = []  # over seeds: each contrast over the seeds that have all its cells
+
+    def summarise(name: str, weights: dict[str, float], **row) -> None:
+        have = [s for s in seeds if all(s in features.get(c, {}) for c in weights)]
+        if not have:
+            return
+        per_cell = {c: [features[c][s] for s in have] for c in weights}
+        interval = over_seeds(per_cell, reference, {name: weights}, args.n_boot)[name]
+        summary.append({"row": name, "style": style, "over_seeds": have, "distance": interval.estimate,
+                        "low": interval.low, "high": interval.high, **row})
+
     for steps in step_counts:
-        contrasts = {k: w for k, w in contrasts_at(steps).items() if all(c.split("-")[1] in timesteps for c in w)}
-        per_cell = {c: [features[c][s] for s in seeds] for c in {c for w in contrasts.values() for c in w}}
-        for name, interval in over_seeds(per_cell, reference, contrasts, args.n_boot).items():
-            summary.append({"row": f"{name}, {steps} steps", "style": style, "steps": steps, "over_seeds": seeds,
-                            "difference": len(contrasts[name]) > 1, "distance": interval.estimate,
-                            "low": interval.low, "high": interval.high})
-    for name, cell in (("the fine-tuning images themselves", "train"), ("base model, signal leak of the style (no training)", "leak")):
-        interval = over_seeds({cell: [features[cell][s] for s in seeds]}, reference, {name: {cell: 1.0}}, args.n_boot)[name]
-        summary.append({"row": name, "style": style, "over_seeds": seeds, "distance": interval.estimate,
-                        "low": interval.low, "high": interval.high})
-    return results + summary
+        for name, weights in contrasts_at(steps).items():
+            if all(c.split("-")[1] in timesteps for c in weights):
+                summarise(f"{name}, {steps} steps", weights, steps=steps, difference=len(weights) > 1)
+    summarise("the fine-tuning images themselves", {"train": 1.0})
+    summarise("base model, signal leak of the style (no training)", {"leak": 1.0})
+    if missing:
+        print(f"[{style}] not run yet: " + "; ".join(missing), flush=True)
+    return results + summary, missing
 
 
 # -- reporting ---------------------------------------------------------------------------------------
@@ -336,18 +363,19 @@ def plot(results: list[dict], style: str, file: Path) -> None:
     plt.close(fig)
 
 
-def tables(results: list[dict]) -> list[str]:
+def tables(results: list[dict], missing: dict[str, list[str]]) -> list[str]:
     lines = []
     for style in dict.fromkeys(r["style"] for r in results):
         mine = [r for r in results if r["style"] == style]
-        lines += [f"## {style}: over seeds {mine[-1]['over_seeds']} (mean; 95% interval over seeds and held-out images)", "",
-                  "| row | style distance [95% interval] |", "|---|---|"]
-        lines += [f"| {r['row']} | {r['distance']:.3f} [{r['low']:.2f}, {r['high']:.2f}] |" for r in mine if "over_seeds" in r]
+        lines += [f"## {style}: over seeds (mean; 95% interval over seeds and held-out images)", "",
+                  "| row | seeds | style distance [95% interval] |", "|---|---|---|"]
+        lines += [f"| {r['row']} | {','.join(map(str, r['over_seeds']))} | {r['distance']:.3f} [{r['low']:.2f}, {r['high']:.2f}] |"
+                  for r in mine if "over_seeds" in r]
         lines += ["", f"## {style}: per seed (95% bootstrap interval over held-out images only)", "",
                   "| seed | row | style distance [95% interval] |", "|---|---|---|"]
         lines += [f"| {'-' if r['seed'] is None else r['seed']} | {r['row']} | {r['distance']:.3f} [{r['low']:.2f}, {r['high']:.2f}] |"
-                  for r in mine if "over_seeds" not in r]
-        lines.append("")
+                  for r in mine if "seed" in r]
+        lines += ["", f"Not run yet ({style}): " + ("; ".join(missing.get(style, [])) or "none"), ""]
     return lines
 
 
@@ -372,6 +400,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "diffusion_in_style_seeds")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--quick", action="store_true", help="smoke run: a tiny random model, 2 seeds, 4 images, 2 steps")
+    p.add_argument("--report", action="store_true", help="train and generate nothing: report the cached cells")
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -397,13 +426,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     step_counts = sorted({int(s) for s in args.steps.split(",")})
 
     start = time.perf_counter()
-    results = []
+    results, missing = [], {}
     for style in styles:
-        results += run_style(style, args, seeds, step_counts, timesteps, start)
-    lines = tables(results)
+        rows, missing[style] = run_style(style, args, seeds, step_counts, timesteps, start)
+        results += rows
+    lines = tables(results, missing)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     (out / "results.md").write_text("\n".join(lines) + "\n" + json.dumps(settings) + "\n")
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results, "missing": missing}, indent=2) + "\n")
     for style in styles:
         plot(results, style, out / f"distance-{style}.png")
     print("\n".join(lines))

@@ -303,8 +303,7 @@ def test_force_starts_a_previous_run_over_with_new_options(tmp_path, images, sd_
 
 
 # -- the experiment ----------------------------------------------------------------------------------
-def test_the_experiment_runs_in_quick_mode_and_a_rerun_reads_its_cache(tmp_path, sd_path, monkeypatch):
-    pytest.importorskip("leakstyle.metrics")
+def load_experiment():
     import importlib.util
     from pathlib import Path
 
@@ -312,14 +311,34 @@ def test_the_experiment_runs_in_quick_mode_and_a_rerun_reads_its_cache(tmp_path,
     spec = importlib.util.spec_from_file_location("diffusion_in_style", file)
     experiment = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(experiment)
+    return experiment
+
+
+def test_the_experiment_runs_in_quick_mode_resumes_after_a_kill_and_reports_its_cache(tmp_path, sd_path, monkeypatch):
+    pytest.importorskip("leakstyle.metrics")
+    experiment = load_experiment()
     data = experiment.synthetic_data(tmp_path / "data")
     argv = ["--quick", "--model", str(sd_path), "--data", str(data), "--heldout", "2", "--out", str(tmp_path / "out"),
             "--styles", "lineart"]  # twitter runs the same code on the set as it is
+    calls, real_finetune = [], experiment.finetune
+
+    def killed_at_the_third_fine_tune(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill between two cells' fine-tunes
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "finetune", killed_at_the_third_fine_tune)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.main(argv)
+    calls.clear()
+    monkeypatch.setattr(experiment, "finetune", lambda *a, **k: (calls.append(a[1]), real_finetune(*a, **k))[1])
     results = experiment.main(argv)
+    assert len(calls) == 2 * 2 * 2 - 2  # 2 seeds x 2 noises x 2 timestep draws, less the 2 cells finished before the kill
     per_seed = {(r["style"], r.get("seed"), r.get("noise"), r.get("timesteps"), r.get("steps")) for r in results}
     assert per_seed >= {("lineart", seed, n, t, 2) for seed in (0, 1) for n in ("style", "standard") for t in ("uniform", "logsnr")}
-    over = {r["row"] for r in results if "over_seeds" in r and r["style"] == "lineart"}
-    assert {"style minus standard noise, logsnr t, 2 steps", "interaction (style - standard under logsnr) - (under uniform), 2 steps"} <= over
+    over = {r["row"]: r for r in results if "over_seeds" in r and r["style"] == "lineart"}
+    assert {"style minus standard noise, logsnr t, 2 steps", "interaction (style - standard under logsnr) - (under uniform), 2 steps"} <= set(over)
     assert all(np.isfinite(r["distance"]) and r["low"] <= r["distance"] <= r["high"] for r in results)
     assert (tmp_path / "out" / "results.md").is_file()
 
@@ -329,15 +348,20 @@ def test_the_experiment_runs_in_quick_mode_and_a_rerun_reads_its_cache(tmp_path,
     monkeypatch.setattr(experiment, "finetune", no_training)
     assert [r["distance"] for r in experiment.main(argv)] == [r["distance"] for r in results]
 
+    # --report with a cell gone: nothing is made, contrasts needing it use the seeds that have it, it is listed
+    (cell,) = (tmp_path / "out" / "cells").glob("*/lineart/seed-1/style-logsnr-2.npz")
+    cell.unlink()
+    monkeypatch.setattr(experiment, "generate_for", no_training)
+    report = {r["row"]: r for r in experiment.main(argv + ["--report"]) if "over_seeds" in r}
+    assert report["style minus standard noise, logsnr t, 2 steps"]["over_seeds"] == [0]
+    assert report["style minus standard noise, uniform t, 2 steps"] == over["style minus standard noise, uniform t, 2 steps"]
+    assert not cell.exists()
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "Not run yet (lineart): seed 1: style noise, logsnr t, 2 steps" in text
+
 
 def test_line_art_is_the_images_edges_dark_on_white():
-    import importlib.util
-    from pathlib import Path
-
-    file = Path(__file__).resolve().parents[1] / "experiments" / "diffusion_in_style.py"
-    spec = importlib.util.spec_from_file_location("diffusion_in_style", file)
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_experiment()
     image = np.full((32, 32, 3), 255, np.uint8)
     image[8:24, 8:24] = (200, 30, 30)  # a red square on white
     lines = np.asarray(experiment.line_art(Image.fromarray(image)))

@@ -516,8 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_lf_order_option(r)
     r.set_defaults(func=cmd_report)
 
-    t = command("finetune", "Diffusion in Style: fine-tune the UNet with noise from the style distribution",
-                description="Fine-tune a model on style images with noise drawn from their style distribution "
+    t = command("finetune", "Diffusion in Style: fine-tune the denoiser with noise from the style distribution",
+                description="Fine-tune a model (Stable Diffusion 1.x/2.x, SDXL, PixArt-alpha/-Sigma, pixel-space "
+                            "UNets) on style images with noise drawn from their style distribution "
                             "N(mu_style, Sigma_style) (Diffusion in Style, Everaert et al., ICCV 2023). Runs "
                             "data-parallel under `accelerate launch -m leakstyle.cli finetune ...`.")
     t.add_argument("images", nargs="+", help="style images: files and/or folders (captions from FOLDER/metadata.jsonl)")
@@ -532,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
     t.add_argument("--seed", type=int, default=0, help="seeds batches, timesteps and noise: the same seed repeats a run")
     t.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank on the "
-                   "UNet's attention layers instead of all weights (default: full fine-tuning)")
+                   "UNet's attention layers instead of all weights (default: full fine-tuning; not for PixArt, "
+                   "whose diffusers pipelines cannot load LoRA weights)")
     t.add_argument("--noise", choices=("style", "standard"), default="style",
                    help="style: Diffusion in Style (default); standard: N(0, I), for comparison")
     t.add_argument("--type", choices=("pixel", "dct"), default="dct", help="style statistic type")
