@@ -302,6 +302,29 @@ def test_force_starts_a_previous_run_over_with_new_options(tmp_path, images, sd_
     assert (record["status"], record["options"]["lr"]) == ("done", 2e-5)
 
 
+# -- several processes -------------------------------------------------------------------------------
+def test_two_cpu_processes_under_torchrun_train_as_one_data_parallel_group(tmp_path, images, sd_path, full_run):
+    """Without a GPU, accelerate makes the processes one group only when told cpu=True; otherwise each trained
+    alone on all images (the one-process result) and both wrote --out at once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "leakstyle.cli",
+               "finetune", str(images), "--model", str(sd_path), "--steps", "2", "--batch-size", "2", "-o", "two", "--quiet"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "two" / "checkpoints").iterdir()
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {f.name for f in checkpoint.iterdir()}  # two processes
+    two, one = unet_weights(tmp_path / "two"), unet_weights(full_run)
+    assert any(not torch.equal(two[k], one[k]) for k in one)  # 2 x 2 images a step, not one process's 2
+
+
 # -- the experiment ----------------------------------------------------------------------------------
 def load_experiment():
     import importlib.util

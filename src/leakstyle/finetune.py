@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
 from .denoiser import denoiser_of
 from .devices import resolve_device
@@ -342,9 +343,12 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
     from accelerate import Accelerator
 
     wanted = resolve_device(device) if device is not None else None
+    # Several processes without a GPU: accelerate runs them as one group only when told cpu=True; otherwise each
+    # would train alone as "process 0 of 1" on all images and all would write --out at once.
+    cpu_processes = distributed.from_env().world_size > 1 and not torch.cuda.is_available()
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                                  cpu=wanted is not None and wanted.type == "cpu")
+                                  cpu=cpu_processes or (wanted is not None and wanted.type == "cpu"))
     except (ValueError, RuntimeError) as e:
         raise LeakstyleError(f"cannot train with --mixed-precision {mixed_precision} here: {str(e).splitlines()[0]}") from None
     check_accelerator_device(wanted, accelerator.device)
