@@ -533,8 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
     t.add_argument("--seed", type=int, default=0, help="seeds batches, timesteps and noise: the same seed repeats a run")
     t.add_argument("--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank on the "
-                   "UNet's attention layers instead of all weights (default: full fine-tuning; not for PixArt, "
-                   "whose diffusers pipelines cannot load LoRA weights)")
+                   "denoiser's attention layers instead of all weights (default: full fine-tuning)")
     t.add_argument("--noise", choices=("style", "standard"), default="style",
                    help="style: Diffusion in Style (default); standard: N(0, I), for comparison")
     t.add_argument("--type", choices=("pixel", "dct"), default="dct", help="style statistic type")

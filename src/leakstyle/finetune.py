@@ -9,7 +9,8 @@ UNet or PixArt transformer -> a folder that load_pipeline reads:
     OUT/style.safetensors                  the style distribution; inference starts from x_T ~ N(mu_style, Sigma_style)
     OUT/model_index.json, unet/, ...       full fine-tune: a diffusers pipeline folder (plain from_pretrained loads it)
     OUT/pytorch_lora_weights.safetensors   LoRA: the UNet's adapter, applied to the base model named in finetune.json
-                                           (UNets only: diffusers' PixArt pipelines have no LoRA loader)
+    OUT/transformer_lora/                  LoRA of PixArt: a peft adapter folder (PeftModel.from_pretrained on the base
+                                           transformer; diffusers' PixArt pipelines have no load_lora_weights)
     OUT/checkpoints/step-000250/           the last checkpoint (accelerate save_state into a temp folder, then renamed)
 
 Every random draw of a training step comes from a generator seeded by (seed, micro-step, process), and batch k is a
@@ -31,14 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .conditioning import Conditioning, Crop, check_conditioning, training_conditioning
+from .conditioning import Conditioning, Crop, check_conditioning, is_pixart, training_conditioning
 from .denoiser import denoiser_of
 from .devices import resolve_device
 from .distribution import StyleDistribution
 from .encode import encode, vae_of
 from .errors import ImageError, LeakstyleError
 from .files import load, save
-from .finetuned import LORA_FILE, STYLE_FILE, read_record, write_record
+from .finetuned import LORA_FILE, PEFT_LORA_FOLDER, STYLE_FILE, read_record, write_record
 from .finetuned import load_finetuned, style_initial_latents  # noqa: F401  (where callers of finetune.py found them)
 from .fit import MIN_IMAGES, fit
 from .images import digest_paths, list_images, open_image, parse_resolution, resize_and_crop, to_tensor
@@ -296,7 +297,7 @@ def check_model(pipe, captions: list[str] | None, lora: int | None, model) -> No
         raise LeakstyleError("no captions: put a metadata.jsonl ({\"file_name\": ..., \"text\": ...} per line) in the "
                              "image folder, or pass --prompt for all images")
     denoiser = denoiser_of(pipe)
-    if lora and not (hasattr(denoiser, "add_adapter") and hasattr(pipe, "load_lora_weights")):
+    if lora and not is_pixart(pipe) and not (hasattr(denoiser, "add_adapter") and hasattr(pipe, "load_lora_weights")):
         raise LeakstyleError(f"--lora writes adapters that load with diffusers' load_lora_weights, which "
                              f"{type(pipe).__name__} ({type(denoiser).__name__}) does not have; fine-tune it fully "
                              f"(leave out --lora)")
@@ -389,7 +390,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
         remove_temp_checkpoints(out)
         if start == 0:
             save(style, out / STYLE_FILE, force=True)
-        write_record(out, options, "training", start, base_digest)
+        write_record(out, options, "training", start, base_digest, lora_file(pipe))
     accelerator.wait_for_everyone()
     if start > 0:
         accelerator.load_state(str(checkpoints(out)[-1][1]))
@@ -399,7 +400,7 @@ def finetune(images, out: str | os.PathLike, model: str | os.PathLike | None = N
 
     if main:
         export(pipe, accelerator.unwrap_model(unet), out, bool(lora))
-        write_record(out, options, "done", steps, base_digest)
+        write_record(out, options, "done", steps, base_digest, lora_file(pipe))
     accelerator.wait_for_everyone()
     return out
 
@@ -450,8 +451,14 @@ def trainable_unet(pipe, options: Options, accelerator):
 
         unet.requires_grad_(False)
         torch.manual_seed(derived_seed(options.seed, "lora-init"))
-        unet.add_adapter(LoraConfig(r=options.lora, lora_alpha=options.lora, init_lora_weights="gaussian",
-                                    target_modules=LORA_TARGETS))
+        config = LoraConfig(r=options.lora, lora_alpha=options.lora, init_lora_weights="gaussian",
+                            target_modules=LORA_TARGETS)
+        if hasattr(unet, "add_adapter"):
+            unet.add_adapter(config)
+        else:  # PixArt's transformer has no diffusers adapter methods: peft wraps it (a PeftModel)
+            from peft import get_peft_model
+
+            unet = get_peft_model(unet, config)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
         for p in unet.parameters():  # frozen weights in the compute dtype, adapters in float32
             p.data = p.data.to(torch.float32 if p.requires_grad else weight_dtype)
@@ -514,9 +521,17 @@ def register_checkpoint_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_trainable)
 
 
+def lora_file(pipe) -> str:
+    """Where a LoRA fine-tune of this pipeline goes: diffusers' file, or a peft folder where diffusers has no loader."""
+    return LORA_FILE if hasattr(pipe, "load_lora_weights") else PEFT_LORA_FOLDER
+
+
 def export(pipe, unet, out: Path, lora: bool) -> None:
-    """Write the fine-tuned model: a full pipeline folder, or the UNet's LoRA weights for the base model."""
-    if lora:
+    """Write the fine-tuned model: a full pipeline folder, or the UNet's LoRA weights for the base model (PixArt:
+    the transformer's peft adapter folder)."""
+    if lora and lora_file(pipe) == PEFT_LORA_FOLDER:
+        unet.save_pretrained(str(out / PEFT_LORA_FOLDER), safe_serialization=True)
+    elif lora:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 

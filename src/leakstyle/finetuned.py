@@ -27,7 +27,8 @@ from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, le
 
 RECORD = "finetune.json"
 STYLE_FILE = "style.safetensors"
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' format, for pipelines with load_lora_weights
+PEFT_LORA_FOLDER = "transformer_lora"  # peft's adapter folder, for PixArt (diffusers has no LoRA loader for it)
 FORMAT = "leakstyle-finetune"
 
 
@@ -45,12 +46,13 @@ def read_record(folder: Path) -> dict | None:
     return record
 
 
-def write_record(folder: Path, options, status: str, step: int, base_unet_sha256: str) -> None:
-    """Write finetune.json: what was trained (`options`, a finetune.Options), how far (`status`, `step`), from what."""
+def write_record(folder: Path, options, status: str, step: int, base_unet_sha256: str, lora_file: str = LORA_FILE) -> None:
+    """Write finetune.json: what was trained (`options`, a finetune.Options), how far (`status`, `step`), from what;
+    `lora_file` is where a LoRA fine-tune's adapter goes (LORA_FILE or PEFT_LORA_FOLDER)."""
     record = {"format": FORMAT, "format_version": 1, "status": status, "step": step, "base_model": options.model,
               "base_unet_sha256": base_unet_sha256,
               "method": "lora" if options.lora else "full", "noise": options.noise, "style_file": STYLE_FILE,
-              "lora_file": LORA_FILE if options.lora else None, "options": asdict(options),
+              "lora_file": lora_file if options.lora else None, "options": asdict(options),
               "leakstyle_version": __version__}
     write_atomic(Path(folder) / RECORD, (json.dumps(record, indent=2) + "\n").encode(), force=True)
 
@@ -61,7 +63,17 @@ def load_finetuned(folder: Path, record: dict, device: str | None = None, dtype:
     if record.get("status") != "done":
         raise LeakstyleError(f"the fine-tune in {folder} has not finished (step {record.get('step')} of "
                              f"{record['options'].get('steps')}); continue it with leakstyle finetune ... --resume")
-    if record.get("method") == "lora":
+    if record.get("method") == "lora" and record.get("lora_file") == PEFT_LORA_FOLDER:
+        pipe = load_diffusers(record.get("base_model"), device=device, dtype=dtype)
+        from peft import PeftModel
+
+        try:  # the adapter merged into the transformer: a plain PixArt pipeline again
+            pipe.transformer = PeftModel.from_pretrained(pipe.transformer, str(Path(folder) / PEFT_LORA_FOLDER)).merge_and_unload()
+        except Exception as e:  # peft raises many types for a bad or mismatched adapter
+            raise LeakstyleError(f"cannot load the LoRA adapter in {Path(folder) / PEFT_LORA_FOLDER}: "
+                                 f"{str(e).strip().splitlines()[0]}") from None
+        pipe.leakstyle_lora = True
+    elif record.get("method") == "lora":
         from diffusers.utils import logging as diffusers_logging
 
         pipe = load_diffusers(record.get("base_model"), device=device, dtype=dtype)
