@@ -250,3 +250,15 @@ def test_the_loop_steers_every_family_with_a_leak(family, tmp_path):
     shape[axis] = -1
     for r in rings:  # [B, C] or, for video, [B, C, F] / [B, F, C]
         assert torch.allclose(r, target.view(shape[:r.dim()]).expand_as(r), atol=1e-3)
+
+
+def test_a_pipeline_called_by_hand_is_steered_to_a_hex_colour(sd):
+    import leakstyle as ls
+    from leakstyle.encode import color_to_model_units
+
+    target = color_to_model_units(sd, "#e0c020")
+    z = ls.initial_latents(sd, None, color=target, color_mode="calibrated", height=32, width=32, num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(0))
+    rings = ring_means_of_predictions(sd, "#e0c020", lambda: sd("a", latents=z, num_inference_steps=2, height=32,
+                                                                 width=32, output_type="latent"))
+    assert len(rings) == 2 and all(torch.allclose(r, target.expand_as(r), atol=1e-4) for r in rings)

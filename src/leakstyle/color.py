@@ -159,13 +159,21 @@ def predicted_x0(z: torch.Tensor, output: torch.Tensor, abar: torch.Tensor, pred
 
 
 @contextlib.contextmanager
-def steered_background(pipe, target: torch.Tensor, scheduler=None):
+def steered_background(pipe, target: torch.Tensor | str, scheduler=None):
     """Inside the block every call of the pipeline's denoiser has its x0 prediction's border ring steered to
-    `target` [C] (model units): the closed loop of calibrated colour (see the module's docstring).
+    `target` ('#rrggbb', or [C] in model units): the closed loop of calibrated colour (see the module's docstring).
+    For a pipeline called by hand with `latents=initial_latents(..., color_mode="calibrated")`:
+
+        with steered_background(pipe, "#1e90ff"):
+            images = pipe(prompt, latents=latents).images
 
     The denoiser's input is read as sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (what every diffusers scheduler's
     scale_model_input gives), its first C channels as the latents (SVD appends its image's latents; C from the
     VAE) and the first C channels of its output as the prediction (learned-variance models append C more)."""
+    if isinstance(target, str):
+        from .encode import color_to_model_units
+
+        target = color_to_model_units(pipe, target)
     scheduler = scheduler or pipe.scheduler
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     channel_axis = 2 if layout(pipe) == FRAME_MAJOR else 1
