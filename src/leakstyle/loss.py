@@ -81,8 +81,8 @@ class DenoisingLoss:
         L = mean || F(x_t, t, c)[:C] - target ||^2
 
     A denoiser with learned sigma (Nichol & Dhariwal 2021; PixArt, DeepFloyd IF) outputs 2C channels: the first C
-    are the prediction, the last C the variance interpolation, which this loss leaves untrained (fine-tuning keeps
-    the base model's variances, as diffusers' training scripts for such models do).
+    are the prediction, the last C the variance interpolation, which gets no loss here (as in diffusers' training
+    scripts for such models; its output moves only through the weights it shares with the prediction).
     `noise` is StandardNoise() for ordinary fine-tuning and StyleNoise(style) for Diffusion in Style.
     `alphas_cumprod` [T] is the training schedule's abar_t, on the device x_0 will be on. `timesteps` is
     UniformTimesteps(T) (the default) or LogSNRTimesteps(alphas_cumprod, mean, std).
