@@ -129,6 +129,15 @@ def test_a_transformer_denoiser_other_than_pixart_is_refused_in_one_line(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_unet_conditioned_on_t5_text_is_refused_in_one_line(tmp_path, images, capsys):
+    from family_pipelines import deepfloyd_if
+    folder = tmp_path / "if"
+    deepfloyd_if().save_pretrained(folder)
+    argv = ["finetune", str(images), "--model", str(folder), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]
+    assert "T5EncoderModel" in run_error(argv, capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # -- full and LoRA, epsilon and v --------------------------------------------------------------------
 def test_a_full_sdxl_finetune_loads_with_a_plain_from_pretrained(full_run, sdxl_path):
     pipe = DiffusionPipeline.from_pretrained(full_run)

@@ -95,6 +95,10 @@ def check_conditioning(pipe, model) -> None:
         raise LeakstyleError(f"finetune trains the denoisers of Stable Diffusion 1.x/2.x, SDXL, PixArt and pixel-space "
                              f"models; {model or 'the model'} has a {name} ({type(pipe).__name__}), which it cannot "
                              f"fine-tune yet")
+    encoder = type(getattr(pipe, "text_encoder", None)).__name__
+    if encoder.startswith("T5"):  # DeepFloyd IF: T5 text with an attention mask, built here only for PixArt
+        raise LeakstyleError(f"{model or 'the model'} conditions its UNet on a {encoder} (DeepFloyd IF?); finetune "
+                             f"encodes CLIP text for UNets (SD 1.x/2.x, SDXL) and T5 text only for PixArt")
     kind = unet.config.get("addition_embed_type")
     if kind not in (None, "text_time"):
         raise LeakstyleError(f"{model or 'the model'}'s UNet takes {kind!r} added conditioning; finetune supports "
