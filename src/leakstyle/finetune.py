@@ -443,8 +443,8 @@ def training_loss(noise: str, style: StyleDistribution, schedule, device, timest
 
 
 def trainable_unet(pipe, options: Options, accelerator):
-    """The denoiser (UNet or transformer) set up for training and its trainable parameters: all of them, or LoRA
-    adapters on a UNet's attention."""
+    """The denoiser (UNet or PixArt transformer) set up for training and its trainable parameters: all of them, or
+    LoRA adapters on its attention projections (a UNet's own add_adapter; PixArt's transformer wrapped by peft)."""
     unet = denoiser_of(pipe)
     if options.lora:
         from peft import LoraConfig
