@@ -98,3 +98,167 @@ def test_generate_refuses_an_unknown_colour_mode(sd):
 
     with pytest.raises(LeakstyleError, match="colour mode"):
         generate(sd, "a", color="#808080", color_mode="magic", num_inference_steps=2)
+
+
+# -- the closed loop ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_shifted_prediction_moves_the_predicted_x0_by_exactly_delta(prediction_type):
+    g = torch.Generator().manual_seed(0)
+    z, out = torch.randn(3, 4, 6, 6, generator=g), torch.randn(3, 4, 6, 6, generator=g)
+    abar = torch.tensor([0.9, 0.3, 0.005]).view(3, 1, 1, 1)
+    delta = torch.randn(3, 4, 1, 1, generator=g)
+    moved = color.predicted_x0(z, color.shifted_prediction(out, delta, abar, prediction_type), abar, prediction_type)
+    assert torch.allclose(moved, color.predicted_x0(z, out, abar, prediction_type) + delta, atol=1e-4)
+
+
+def test_the_ring_is_a_sixteenth_of_the_shorter_side_and_its_mean_is_the_borders():
+    assert [color.ring_width(h, w) for h, w in ((16, 16), (64, 64), (128, 96), (4, 4))] == [1, 4, 6, 1]
+    x = torch.randn(2, 3, 16, 20)
+    mask = torch.zeros(16, 20, dtype=torch.bool)
+    mask[:1], mask[-1:], mask[:, :1], mask[:, -1:] = True, True, True, True
+    assert torch.allclose(color.ring_mean(x), x[..., mask].mean(-1), atol=1e-6)
+    target = torch.tensor([1.0, -2.0, 0.5])
+    shifted = x + color.background_shift(x, target)
+    assert torch.allclose(color.ring_mean(shifted), target.expand(2, 3), atol=1e-5)
+    frames = torch.randn(2, 5, 3, 16, 16)  # [B, F, C, h, w]: channels on axis 2
+    assert torch.allclose(color.ring_mean(frames + color.background_shift(frames, target, channel_axis=2)),
+                          target.view(1, 1, 3).expand(2, 5, 3), atol=1e-5)
+
+
+def test_the_target_blends_the_styles_mean_toward_the_colour_by_strength():
+    from leakstyle.distribution import StyleDistribution
+
+    style = StyleDistribution.flat(torch.tensor([1.0, 1.0, 1.0, 1.0]), 8, 8)
+    c = torch.tensor([3.0, -1.0, 0.0, 1.0])
+    assert torch.allclose(color.background_target(c, 1.0, style), c)
+    assert torch.allclose(color.background_target(c, 0.25, style), 0.75 * style.channel_means() + 0.25 * c)
+    assert torch.allclose(color.background_target(c, 0.5), 0.5 * c)
+
+
+def test_abar_is_read_at_fractional_and_continuous_timesteps():
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    ddim = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    table = ddim.alphas_cumprod.double()
+    got = color.abar_at(ddim, torch.tensor([0.0, 999.0, 10.25]))
+    assert torch.allclose(got, torch.stack([table[0], table[999], 0.75 * table[10] + 0.25 * table[11]]))
+    edm = EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction")
+    sigma = torch.tensor([0.5, 80.0])
+    assert torch.allclose(color.abar_at(edm, 0.25 * sigma.log()), 1 / (1 + sigma.double() ** 2))
+
+
+def ring_means_of_predictions(pipe, target, run, channel_axis=1):
+    """Run `run()` with the background steered to `target` and return, for every denoiser call, the ring mean of the
+    x0 prediction read back from the denoiser's (steered) output, per sample and channel."""
+    from leakstyle.denoiser import denoiser_of, latent_channels
+
+    C, scheduler, rings = latent_channels(pipe), pipe.scheduler, []
+
+    def read(module, args, kwargs, output):
+        z = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).narrow(channel_axis, 0, C)
+        out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        t = torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"])
+        abar = color.abar_at(scheduler, t).float()
+        abar = (abar if abar.numel() == z.shape[0] else abar[:1].expand(z.shape[0])).view([-1] + [1] * (z.dim() - 1))
+        x0 = color.predicted_x0(z.float(), out.narrow(channel_axis, 0, C).float(), abar,
+                                scheduler.config.get("prediction_type", "epsilon"))
+        rings.append(color.ring_mean(x0))
+
+    with color.steered_background(pipe, target):
+        handle = denoiser_of(pipe).register_forward_hook(read, with_kwargs=True)  # sees the steered output
+        try:
+            run()
+        finally:
+            handle.remove()
+    return rings
+
+
+@pytest.mark.parametrize("fixture", ["sd_path", "sd_v_path"])
+def test_every_step_of_the_unet_predicts_a_background_of_exactly_the_target(fixture, request):
+    from leakstyle.pipeline import load_pipeline
+
+    pipe = load_pipeline(request.getfixturevalue(fixture))
+    target = torch.tensor([0.4, -0.3, 0.2, 0.1])
+    rings = ring_means_of_predictions(pipe, target, lambda: pipe(["a", "b"], num_inference_steps=4, guidance_scale=3.0,
+                                                                  height=32, width=32, output_type="latent"))
+    assert len(rings) == 4 and all(r.shape == (4, 4) for r in rings)  # 2 prompts x (uncond, cond)
+    for r in rings:
+        assert torch.allclose(r, target.expand(4, 4), atol=1e-4)
+
+
+def test_without_the_loop_the_unets_background_is_not_the_target(sd):
+    """The check above can fail: the same reading without steering is far from the target."""
+    from leakstyle.denoiser import denoiser_of
+
+    outputs = []
+    handle = denoiser_of(sd).register_forward_hook(lambda m, a, k, o: outputs.append(o), with_kwargs=True)
+    with color.steered_background(sd, torch.zeros(4)):
+        pass  # entered and left: the hook is gone
+    try:
+        sd(["a"], num_inference_steps=2, guidance_scale=1.0, height=32, width=32, output_type="latent")
+    finally:
+        handle.remove()
+    assert len(denoiser_of(sd)._forward_hooks) == 0 and len(outputs) == 2
+    rings = ring_means_of_predictions(sd, torch.full((4,), 5.0), lambda: None)
+    assert rings == []
+
+
+def test_generate_in_calibrated_mode_steers_and_raw_mode_does_not(sd):
+    from leakstyle.encode import color_to_model_units
+    from leakstyle.pipeline import generate
+
+    target = color_to_model_units(sd, "#30a0e0")
+    for mode, steered in (("calibrated", True), ("raw", False)):
+        rings = []
+
+        def record(module, args, kwargs, output, rings=rings):
+            z, t = args[0], torch.as_tensor(args[1])
+            abar = color.abar_at(sd.scheduler, t).float().view(-1, 1, 1, 1)
+            rings.append(color.ring_mean(color.predicted_x0(z, output[0] if isinstance(output, tuple) else output.sample,
+                                                            abar, "epsilon")))
+        handle = sd.unet.register_forward_hook(record, with_kwargs=True)
+        try:
+            generate(sd, "a", color="#30a0e0", color_mode=mode, num_inference_steps=3, guidance_scale=2.0, height=32, width=32)
+        finally:
+            handle.remove()
+        hits = [torch.allclose(r, target.expand_as(r), atol=1e-3) for r in rings]
+        assert len(rings) == 3 and all(hits) == steered and any(hits) == steered
+
+
+@pytest.mark.parametrize("family", ["pixart", "deepfloyd_if", "stable_video_diffusion", "animatediff"])
+def test_the_loop_steers_every_family_with_a_leak(family, tmp_path):
+    import family_pipelines as fp
+    from PIL import Image
+
+    from leakstyle.denoiser import FRAME_MAJOR, latent_channels, layout
+
+    make = getattr(fp, family)
+    pipe = make(tmp_path) if family == "animatediff" else make()
+    C, axis = latent_channels(pipe), 2 if layout(pipe) == FRAME_MAJOR else 1
+    target = torch.linspace(-0.5, 0.5, C)
+    call = {"pixart": lambda: pipe("a", num_inference_steps=2, guidance_scale=2.0, height=16, width=16,
+                                   use_resolution_binning=False, output_type="latent"),
+            "deepfloyd_if": lambda: pipe("a", num_inference_steps=2, guidance_scale=2.0, height=16, width=16,
+                                         output_type="pt"),
+            "stable_video_diffusion": lambda: pipe(Image.new("RGB", (32, 32), "red"), num_frames=3, height=32, width=32,
+                                                   num_inference_steps=2, output_type="latent", decode_chunk_size=3),
+            "animatediff": lambda: pipe("a", num_frames=2, num_inference_steps=2, guidance_scale=2.0, height=32,
+                                        width=32, output_type="latent")}[family]
+    rings = ring_means_of_predictions(pipe, target, call, channel_axis=axis)
+    assert len(rings) >= 2
+    shape = [1] * 3
+    shape[axis] = -1
+    for r in rings:  # [B, C] or, for video, [B, C, F] / [B, F, C]
+        assert torch.allclose(r, target.view(shape[:r.dim()]).expand_as(r), atol=1e-3)
+
+
+def test_a_pipeline_called_by_hand_is_steered_to_a_hex_colour(sd):
+    import leakstyle as ls
+    from leakstyle.encode import color_to_model_units
+
+    target = color_to_model_units(sd, "#e0c020")
+    z = ls.initial_latents(sd, None, color=target, color_mode="calibrated", height=32, width=32, num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(0))
+    rings = ring_means_of_predictions(sd, "#e0c020", lambda: sd("a", latents=z, num_inference_steps=2, height=32,
+                                                                 width=32, output_type="latent"))
+    assert len(rings) == 2 and all(torch.allclose(r, target.expand_as(r), atol=1e-4) for r in rings)

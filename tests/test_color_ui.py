@@ -31,3 +31,15 @@ def test_each_leak_image_shows_the_requested_colour_beside_the_obtained_one(mode
     for cell, obtained in zip(cells, ui.border_colors(result.leak)):
         assert cell.index("requested") < cell.index("#d01818") < cell.index("border") < cell.index(obtained)
     assert '<div class="mean baseline-mean">requested' not in table
+
+
+def test_the_pages_colour_mode_choice_reaches_the_generation(model):
+    args = dict(source="none", images=None, style_file=None, kind="dct", components=3, prompt="a cat",
+                negative_prompt="", seed=0, steps=2, scheduler="ddim", guidance=7.5, num_images=1, width=None,
+                height=None, use_color=True, color="#d01818", strength=1.0, cached=None)
+    modes = []
+    for mode in ("raw", "calibrated"):
+        _, _, files, _ = ui.on_generate(model, **args, color_mode=mode)
+        leak = [f for f in files if f.endswith(".png") and "baseline" not in f]
+        modes.append(json.loads(Image.open(leak[0]).text["leakstyle"])["color_mode"])
+    assert modes == ["raw", "calibrated"]

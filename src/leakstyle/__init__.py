@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from .color import steered_background  # noqa: E402
 from .distribution import StyleDistribution  # noqa: E402
 from .errors import LeakstyleError, StyleFileError, ImageError  # noqa: E402
 from .files import convert, load, save  # noqa: E402
@@ -19,4 +20,4 @@ from .schedule import ZeroTerminalSNRWarning, leak_at_first_step  # noqa: E402
 
 __all__ = ["StyleDistribution", "LeakstyleError", "StyleFileError", "ImageError", "convert", "load", "save", "fit",
            "merge", "initial_latents", "generate", "iter_generate", "load_pipeline", "ZeroTerminalSNRWarning", "leak_at_first_step",
-           "probe", "__version__"]
+           "probe", "steered_background", "__version__"]

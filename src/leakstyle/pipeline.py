@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .cascade import is_cascade, run_stage_one
 from .denoiser import denoiser_of, num_frames_of
 from .distribution import StyleDistribution
-from .color import check_color_mode
+from .color import background_target, check_color_mode, steered_background
 from .encode import color_to_model_units, parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
@@ -153,7 +153,8 @@ def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style
                  color_mode: str = "calibrated") -> list:
     """One image (or video of `num_frames` frames) per seed through pipe (checked inputs): x_T from `start`
     (initial_latents or style_initial_latents) with a generator seeded by the image's seed, the sampler's own noise
-    from sampler_seed(seed). `image`: the image Stable Video Diffusion animates."""
+    from sampler_seed(seed). `image`: the image Stable Video Diffusion animates. A colour in calibrated mode also
+    steers the model's predicted background to it at every step (color.steered_background)."""
     device, dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype
     latents = torch.cat([start(pipe, style=style, batch_size=1, height=height, width=width,
                                num_inference_steps=num_inference_steps, generator=torch.Generator(device).manual_seed(s),
@@ -161,6 +162,16 @@ def sample_batch(pipe, start, seeds: list[int], prompts: list[str] | None, style
                          for s in seeds])
     # The sampler's own noise (ancestral schedulers) from generators of its own, the same with and without a style.
     generators = [torch.Generator(device).manual_seed(sampler_seed(s)) for s in seeds]
+    steering = (steered_background(pipe, background_target(color, strength, style))
+                if color is not None and color_mode == "calibrated" else contextlib.nullcontext())
+    with steering:
+        return run_sampler(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                           generators, progress, num_frames, image)
+
+
+def run_sampler(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, height, width, generators,
+                progress, num_frames, image) -> list:
+    """The pipeline (or leakstyle's loop, for models that take no latents=) from `latents`."""
     if is_cascade(pipe):  # DeepFloyd IF: no latents=, leakstyle runs its stage I
         return run_stage_one(pipe, latents, prompts, negative_prompt, num_inference_steps, guidance_scale, generators,
                              progress)

@@ -290,7 +290,7 @@ def status(text: str, error: bool = False) -> str:
 def on_generate(model: Model, source: str, images, style_file, kind: str, components: int, prompt: str,
                 negative_prompt: str, seed, steps, scheduler: str, guidance, num_images, width, height,
                 use_color: bool, color: str, strength: float, cached: tuple | None = None,
-                progress: Progress = no_progress):
+                progress: Progress = no_progress, color_mode: str = "calibrated"):
     """The Generate button: (status text, results table, files to download, fit cache). What is running goes to
     `progress`. A user error leaves the results as they were and says what went wrong in the status."""
     started = time.perf_counter()
@@ -301,7 +301,7 @@ def on_generate(model: Model, source: str, images, style_file, kind: str, compon
             result = run(model, prompt or "", negative_prompt, int(seed or 0), int(steps),
                          scheduler if scheduler in SCHEDULERS else None, guidance,  # else: the model's own
                          int(num_images), width, height, style, color if use_color else None, strength,
-                         progress=progress)
+                         progress=progress, color_mode=color_mode)
     except LeakstyleError as e:
         return status(str(e), error=True), gr.skip(), gr.skip(), cached
     # leakstyle's own warnings (skipped images, a schedule that leaks nothing) are for the user to read.
@@ -386,6 +386,8 @@ def build_app(model: Model) -> gr.Blocks:
                     with gr.Row():
                         color = gr.ColorPicker(value="#1e90ff", label="Colour", elem_id="color")
                         strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength", elem_id="strength")
+                    color_mode = gr.Radio(["calibrated", "raw"], value="calibrated", elem_id="color-mode",
+                                          label="Colour mode (calibrated: steered to the colour; raw: the paper's setting)")
                 run_button = gr.Button("Generate", variant="primary", elem_id="generate")
         status_box = gr.Markdown("Ready.", elem_id="status")
         results = gr.HTML('<p class="placeholder">Each image from the leak appears here beside the image from pure '
@@ -395,11 +397,11 @@ def build_app(model: Model) -> gr.Blocks:
         cached = gr.State(None)
 
         def generate_clicked(source, images, style_file, kind, components, prompt, negative, seed, steps, scheduler,
-                             guidance, num_images, width, height, use_color, color, strength, cached,
+                             guidance, num_images, width, height, use_color, color, strength, color_mode, cached,
                              progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
             return on_generate(model, source, images, style_file, kind, components, prompt, negative, seed, steps,
                                scheduler, guidance, num_images, width, height, use_color, color, strength, cached,
-                               progress=lambda fraction, text: progress(fraction, desc=text))
+                               progress=lambda fraction, text: progress(fraction, desc=text), color_mode=color_mode)
 
         dice.click(random_seed, outputs=seed)
         images.upload(lambda: "fit images", outputs=source)
@@ -408,7 +410,8 @@ def build_app(model: Model) -> gr.Blocks:
         color.change(lambda: True, outputs=use_color)
         run_button.click(generate_clicked,
                          inputs=[source, images, style_file, kind, components, prompt, negative, seed, steps, scheduler,
-                                 guidance, num_images, width_in, height_in, use_color, color, strength, cached],
+                                 guidance, num_images, width_in, height_in, use_color, color, strength, color_mode,
+                                 cached],
                          outputs=[status_box, results, downloads, cached], show_progress_on=[status_box, results])
     return app
 
