@@ -61,8 +61,9 @@ def fit_batches(batches, vae, model, kind: str, components: int, source: dict[st
 
 
 def model_name(model) -> str:
-    """What a style file says it was fitted for: ComfyUI's model class (a checkpoint's name is not known here)."""
-    return f"ComfyUI {type(model.model).__name__}" if hasattr(model, "model") else "ComfyUI"
+    """What a style file says it was fitted for, as `leakstyle fit` names it: leakstyle/mini-sd for the embedded
+    model, else nothing (a ComfyUI MODEL does not know its checkpoint's name or folder)."""
+    return getattr(getattr(model, "model", None), "leakstyle_name", "")
 
 
 def fit_images(images: torch.Tensor, vae, model, kind: str = "dct", components: int = 3) -> StyleDistribution:
