@@ -43,6 +43,7 @@ def measure(quick: bool = False) -> dict:
     import_comfy(Path(tempfile.mkdtemp(prefix="leakstyle-bench-comfy-")))
     import comfy.utils
     import nodes
+    import torch
 
     from leakstyle import comfy as pack
     from leakstyle.comfy.fitting import encode_color
@@ -85,15 +86,18 @@ def measure(quick: bool = False) -> dict:
             f()
             times[name].append(time.perf_counter() - t0)
     # The nodes take milliseconds: time them over more calls than the sampler.
-    node_times = {"color": [], "latent": [], "calibrate": [], "encode": []}
+    hold = calibrated_model.model_options["sampler_post_cfg_function"][-1]  # the closed loop, once per model call
+    denoised = torch.randn_like(leak["samples"])
+    node_times = {"color": [], "latent": [], "calibrate": [], "encode": [], "shift": []}
     calls = {"color": color_node, "latent": latent_node, "calibrate": calibrate_node,
-             "encode": lambda: encode_color(vae, parse_color(COLOR))}
+             "encode": lambda: encode_color(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
     for _ in range(10 if quick else 50):
         for name, f in calls.items():
             t0 = time.perf_counter()
             f()
             node_times[name].append(time.perf_counter() - t0)
     node_s = {name: statistics.median(v) for name, v in node_times.items()}
+    shift_s = steps * node_s["shift"]  # euler: one model call (both CFG halves batched) per step
     empty_s = statistics.median(times["empty"])
     pack_nodes = node_s["color"] + node_s["latent"] + node_s["calibrate"]
     per_round = [(node_s["color"] + node_s["latent"] + node_s["calibrate"] + c) / e
@@ -110,6 +114,8 @@ def measure(quick: bool = False) -> dict:
             "ratio_raw_sampler": statistics.median(raw_ratios), "ratio_raw_sampler_spread": spread(raw_ratios),
             "ratio_nodes": pack_nodes / empty_s,
             "ratio_new_colour": (node_s["encode"] + node_s["latent"] + node_s["calibrate"]) / empty_s,
+            "shift_s": node_s["shift"], "ratio_closed_loop": shift_s / empty_s,
+            "ratio_pack_total": (pack_nodes + shift_s) / empty_s,
             "ratio_latent_node": node_s["latent"] / empty_s, "times": times, "node_times": node_times}
 
 
@@ -128,6 +134,7 @@ def main() -> int:
     print(f"  a new colour's VAE encode (64 px flat image)         {1e3 * m['color_encode_s']:.2f} ms")
     print(f"  LeakstyleLeakLatent (draw x~, cancel the noise DC)   {1e3 * m['latent_node_s']:.2f} ms")
     print(f"  LeakstyleCalibrateModel (clone + patch)              {1e3 * m['calibrate_node_s']:.3f} ms")
+    print(f"  Calibrate Colour's shift of x0, per model call       {1e3 * m['shift_s']:.3f} ms")
     print(f"  KSampler, calibrated MODEL from the leak latent      {m['ksampler_leak_s']:.3f} s")
     print(f"  KSampler, plain MODEL from the raw leak latent       {m['ksampler_raw_s']:.3f} s")
     print(f"  KSampler, plain MODEL from EmptyLatentImage          {m['ksampler_empty_s']:.3f} s")
@@ -136,6 +143,8 @@ def main() -> int:
     print(f"  (nodes + calibrated KSampler) / plain KSampler       {ratio('ratio_run')}  (target < 1.01)")
     print(f"  nodes / plain KSampler                               {m['ratio_nodes']:.4f}  (target < 0.01)")
     print(f"  nodes with a new colour (encode) / plain KSampler    {m['ratio_new_colour']:.4f}")
+    print(f"  closed loop ({m['steps']} shifts) / plain KSampler             {m['ratio_closed_loop']:.4f}")
+    print(f"  nodes + closed loop / plain KSampler                 {m['ratio_pack_total']:.4f}  (target < 0.01)")
     return 0
 
 
