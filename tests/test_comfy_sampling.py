@@ -228,3 +228,24 @@ def test_ksampler_with_the_latent_given_its_seed_sees_only_the_colours_dc(comfyu
 
     eps = comfy.sample.prepare_noise(latent["samples"], 11)
     torch.testing.assert_close(x - x.mean((2, 3), keepdim=True), eps - eps.mean((2, 3), keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, sampler", [("sd1", "euler"), ("sd2-v", "dpmpp_2m"), ("sdxl", "uni_pc")])
+def test_the_calibrated_model_holds_every_steps_x0_border_ring_at_the_colour(comfyui, models, family, sampler):
+    """ComfyUI's `denoised` is x0 in process_latent_in units whatever the prediction type: after Calibrate Colour's
+    post-CFG function its ring mean is the colour's latent in the model's units, at every step."""
+    from leakstyle.color import ring_mean
+
+    model, cond = models[family]
+    style = colour_style(comfyui)
+    patched = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleCalibrateModel"]().patch(model, style)[0]
+    seen = []
+    recording = patched.clone()
+    recording.set_model_sampler_post_cfg_function(lambda args: seen.append(args["denoised"].clone()) or args["denoised"])
+    latent = comfyui["pack"].NODE_CLASS_MAPPINGS["LeakstyleLeakLatent"]().latent(model, style, 128, 96, 2, 5)[0]
+    comfyui["nodes"].KSampler().sample(recording, 1, STEPS, 3.0, sampler, "karras", cond, cond, latent)
+    target = x_tilde(model, latent).mean((2, 3))  # the flat colour's latent in the model's units
+    assert len(seen) == STEPS
+    for x0 in seen:
+        assert x0.shape == (2, 4, 12, 16)
+        torch.testing.assert_close(ring_mean(x0), target, rtol=1e-4, atol=1e-5)
