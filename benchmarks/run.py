@@ -511,8 +511,9 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
 
 # -- 5. calibrated colour control --------------------------------------------------------------------
 def figure_color(quick: bool) -> tuple[list[Row], dict]:
-    """5a. A generation with --color in calibrated mode against the same generation in raw mode, interleaved
-    (target <= 1.5): the embedded model, one image at 25 steps (--quick: a tiny random model at 4 steps).
+    """5a. A generation with --color in calibrated mode (the noise-DC correction and the closed loop's shift of
+    every step's x0 prediction) against the same generation in raw mode, interleaved (target <= 1.5): the embedded
+    model, one image at 25 steps (--quick: a tiny random model at 4 steps).
     5b. The initial latent alone, calibrated / raw: what the noise-DC correction adds (one mean per image).
     Calibrated mode has no per-model calibration run, so there is nothing to cache and no calibration time to bound."""
     import torch

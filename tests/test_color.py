@@ -262,3 +262,17 @@ def test_a_pipeline_called_by_hand_is_steered_to_a_hex_colour(sd):
     rings = ring_means_of_predictions(sd, "#e0c020", lambda: sd("a", latents=z, num_inference_steps=2, height=32,
                                                                  width=32, output_type="latent"))
     assert len(rings) == 2 and all(torch.allclose(r, target.expand_as(r), atol=1e-4) for r in rings)
+
+
+def test_a_scheduler_the_loop_cannot_read_is_refused_before_sampling(sd):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    calls = []
+    handle = sd.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(LeakstyleError, match="color_mode='raw'"):
+            with color.steered_background(sd, torch.zeros(4), scheduler=FlowMatchEulerDiscreteScheduler()):
+                sd("a", num_inference_steps=1, height=32, width=32, output_type="latent")
+    finally:
+        handle.remove()
+    assert calls == [] and not sd.unet._forward_hooks

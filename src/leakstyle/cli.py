@@ -437,17 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default=None, help="what to draw (default: empty, unconditional)")
     g.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
     g.add_argument("--style", default=None, help="style file or official folder (default: none)")
-    g.add_argument("--color", default=None, help="mean colour of the image, '#rrggbb' (default: none)")
+    g.add_argument("--color", default=None, help="background colour of the image, '#rrggbb' (default: none)")
     g.add_argument("--color-mode", choices=("calibrated", "raw"), default="calibrated",
-                   help="calibrated: the colour alone sets x_T's mean, the noise's own mean is cancelled; raw: the "
-                        "paper's setting, the colour in x~'s mean (default: calibrated)")
+                   help="calibrated: the noise's own mean cancelled in x_T and, at every step, the model's predicted "
+                        "background steered to the colour; raw: the paper's setting, the colour in x~'s mean only "
+                        "(default: calibrated)")
     g.add_argument("--brightness", type=float, default=None, metavar="L",
-                   help="CIELAB lightness 0 (black) to 100 (white) of the image's mean colour, keeping the hue of "
+                   help="CIELAB lightness 0 (black) to 100 (white) of the image's background, keeping the hue of "
                         "--color, else of the style's mean colour, else grey; a colour, so --color-mode applies "
                         "(default: none)")
     g.add_argument("--strength", type=float, default=1.0,
-                   help="0..1: how strongly --color replaces the low frequencies (calibrated mode also cancels "
-                        "this share of the noise's mean)")
+                   help="0..1: how strongly --color replaces the low frequencies; calibrated mode cancels this "
+                        "share of the noise's mean and steers the background to (1 - s) style mean + s colour")
     g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, metavar="NAME",
                    help=f"{schedulers} (default: the model's own)")
     g.add_argument("--steps", type=int, default=25, help="inference steps")

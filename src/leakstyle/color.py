@@ -176,6 +176,8 @@ def steered_background(pipe, target: torch.Tensor | str, scheduler=None):
         target = color_to_model_units(pipe, target)
     scheduler = scheduler or pipe.scheduler
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    abar_at(scheduler, torch.zeros(1))  # refuse, before any sampling, what the loop could not read
+    shifted_prediction(torch.zeros(1), torch.zeros(1), torch.full((1,), 0.5), prediction_type)
     channel_axis = 2 if layout(pipe) == FRAME_MAJOR else 1
     C = latent_channels(pipe)
 

@@ -246,7 +246,7 @@ def write_html(out: Path, result: dict) -> Path:
         color_html = f"""<h2>Colour control</h2><img src="colors.png" alt="requested and obtained colours">
 <p>CIEDE2000 between the requested colour and the mean colour of each image's {metrics.BORDER}-pixel border (where the
 background shows); about 1 is just noticeable, above 10 a different colour. {cfg['per_color']} images per colour from the
-leak with the colour in calibrated mode (the noise's own mean cancelled), the same prompts and seeds from pure noise for
+leak with the colour in calibrated mode (the noise's own mean cancelled, the predicted background steered to the colour), the same prompts and seeds from pure noise for
 comparison.</p>
 <table><tr><th>colour</th><th>leak median</th><th>leak 90th pct</th><th>pure noise median</th><th>pure noise 90th pct</th></tr>{rows}</table>"""
     findings = "".join(f"<li>{esc(line)}</li>" for line in summary_lines(result))
