@@ -71,14 +71,15 @@ def test_the_pack_exposes_every_node_of_the_contract(pack):
     ("ModelSamplingSD3", {"shift": 3.0}, "flow-matching"),
     ("ModelSamplingContinuousEDM", {"sampling": "edm_playground_v2.5", "sigma_max": 80.0, "sigma_min": 0.002}, "sigma_data = 0.5"),
 ])
-def test_models_without_a_usable_leak_are_refused_in_one_line(pack, sd1, patch, kwargs, message):
+def test_models_without_a_usable_leak_are_refused_in_one_line(pack, sd1, embedded, patch, kwargs, message):
     from leakstyle import LeakstyleError
 
     model = patched(patch, sd1, **kwargs)
     sigmas = torch.tensor([10.0, 1.0, 0.0])
     for run in (lambda: node(pack, "LeakstyleLeakLatent").latent(model, raw_style(), 64, 64, 1, 0),
                 lambda: node(pack, "LeakstyleLeakNoise").noise(model, sigmas, 0),
-                lambda: node(pack, "LeakstyleCalibrateModel").patch(model, raw_style())):
+                lambda: node(pack, "LeakstyleCalibrateModel").patch(model, raw_style()),
+                lambda: node(pack, "LeakstyleColor").color(embedded[2], "#ff0000", 1.0, model=model)):
         with pytest.raises(LeakstyleError, match=message) as info:
             run()
         assert "\n" not in str(info.value)
@@ -417,6 +418,8 @@ def test_the_probe_encodes_the_reference_images_with_a_vae_and_says_when_it_cann
     assert re.search(r"verdict:    (strong|weak|none): ", with_vae)
     without = node(pack, "LeakstyleProbe").probe(model, 25, "normal", 64, 64)["result"][0]
     assert "verdict:    not known without sigma_m" in without and "connect a dct style" in without
+    pixel = node(pack, "LeakstyleProbe").probe(model, 25, "normal", 64, 64, style=raw_style())["result"][0]
+    assert "this style has no DC covariance (fit it with kind dct)" in pixel and "--" not in pixel
 
 
 def test_the_embedded_vae_build_leaves_comfyuis_layers_as_they_were_in_other_threads(pack):

@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from ..errors import LeakstyleError
 from ..images import ImageBatches, list_images
 from ..probe import MAX_REFERENCE_SIDE, REFERENCE_IMAGES, REFERENCE_SOURCE, assess, sigma_m_of_style, snr_element
 from .fitting import vae_factor
@@ -35,16 +34,15 @@ def sigma_m_of_references(vae, model, height: int, width: int) -> torch.Tensor:
 
 
 def sigma_m_and_source(model, style, vae, height: int, width: int) -> tuple[torch.Tensor | None, str]:
-    """sigma_m [C] and where it comes from: the style's DC covariance, else the reference images through the VAE;
+    """sigma_m [C] and where it comes from: a dct style's DC covariance, else the reference images through the VAE;
     (None, why) when neither can give it."""
-    if style is not None:
-        try:
-            return sigma_m_of_style(to_model_units(style, model)), "the style's DC covariance"
-        except LeakstyleError as e:
-            if vae is None:
-                return None, f"not known: {e}"
+    if style is not None and style.kind == "dct" and [0, 0] in style.lf_indices.tolist():
+        return sigma_m_of_style(to_model_units(style, model)), "the style's DC covariance"
     if vae is not None:
         return sigma_m_of_references(vae, model, height, width), REFERENCE_SOURCE
+    if style is not None:
+        return None, ("not known: this style has no DC covariance (fit it with kind dct), and no VAE is connected to "
+                      "encode the reference images")
     return None, "not known: connect a dct style fitted for this model, or a VAE (to encode the reference images)"
 
 
