@@ -296,3 +296,16 @@ def test_calibrated_mode_aims_at_the_latent_that_decodes_to_the_colour(sd):
         encoded, decoding = color_to_model_units(embedded, c), decoding_to_color(embedded, c)
         assert error(embedded, decoding, c) < 1.0 < error(embedded, encoded, c)
         assert error(sd, decoding_to_color(sd, c), c) <= error(sd, color_to_model_units(sd, c), c)
+
+
+def test_stable_video_diffusion_takes_a_calibrated_colour():
+    """Its temporal decoder asks for the frame count, which decoding_to_color's flat latents must give."""
+    import family_pipelines as fp
+    from PIL import Image
+
+    from leakstyle.pipeline import generate
+
+    pipe = fp.stable_video_diffusion()
+    videos = generate(pipe, image=Image.new("RGB", (32, 32), "red"), color="#505050", num_frames=3, height=32,
+                      width=32, num_inference_steps=2)
+    assert len(videos) == 1 and len(videos[0]) == 3 and videos[0][0].size == (32, 32)

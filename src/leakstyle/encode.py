@@ -7,6 +7,7 @@ Latents follow the diffusers convention: z = (latent_dist.mode() - shift_factor)
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 
 import torch
@@ -57,7 +58,9 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     dtype = vae.dtype
     with upcast(vae) as compute:
         latents = latents.to(device=vae.device, dtype=compute)
-        return vae.decode(latents / scaling + shift).sample.clamp(-1, 1).to(dtype)
+        # A temporal decoder (Stable Video Diffusion's) takes the frames as its batch and asks how many there are.
+        frames = {"num_frames": len(latents)} if "num_frames" in inspect.signature(vae.decode).parameters else {}
+        return vae.decode(latents / scaling + shift, **frames).sample.clamp(-1, 1).to(dtype)
 
 
 def parse_color(color: str) -> tuple[int, int, int]:
