@@ -8,9 +8,10 @@ Interleaved rounds of
     cancelled),
 (b) the raw path: the plain MODEL from the same kind of latent without the seed,
 (c) plain ComfyUI: the plain MODEL from EmptyLatentImage of the same latent size;
-and the time of the pack's own nodes over many calls: LeakstyleColor (its VAE encode of a 64 px flat image is
-kept per VAE and colour, so a repeated colour is a look-up; the encode itself is timed apart, as the cost of a
-new colour), LeakstyleLeakLatent and LeakstyleCalibrateModel. Needs ComfyUI (COMFYUI_PATH or ../shared/ComfyUI)
+and the time of the pack's own nodes over many calls: LeakstyleColor (a calibrated colour's latent, the VAE
+encode of a 64 px flat image refined by Gauss-Newton steps on the decoded colour, is kept per VAE and colour, so
+a repeated colour is a look-up; working it out is timed apart, as the cost of a new colour), LeakstyleLeakLatent,
+LeakstyleCalibrateModel, and the closed loop's shift of x0 (once per model call). Needs ComfyUI (COMFYUI_PATH or ../shared/ComfyUI)
 and its requirements (pip install '.[comfyui-test]').
 """
 
@@ -46,7 +47,7 @@ def measure(quick: bool = False) -> dict:
     import torch
 
     from leakstyle import comfy as pack
-    from leakstyle.comfy.fitting import encode_color
+    from leakstyle.comfy.fitting import solve_decoding_to
     from leakstyle.encode import parse_color
 
     steps, rounds, batch, seed = (6, 3, 1, 1) if quick else (20, 9, 1, 1)
@@ -90,7 +91,7 @@ def measure(quick: bool = False) -> dict:
     denoised = torch.randn_like(leak["samples"])
     node_times = {"color": [], "latent": [], "calibrate": [], "encode": [], "shift": []}
     calls = {"color": color_node, "latent": latent_node, "calibrate": calibrate_node,
-             "encode": lambda: encode_color(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
+             "encode": lambda: solve_decoding_to(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
     for _ in range(10 if quick else 50):
         for name, f in calls.items():
             t0 = time.perf_counter()
@@ -131,7 +132,7 @@ def main() -> int:
 
     print(f"KSampler {m['steps']} steps, embedded model, latent {m['latent']}, CFG 5:")
     print(f"  LeakstyleColor (a colour seen before: look-up)       {1e3 * m['color_node_s']:.3f} ms")
-    print(f"  a new colour's VAE encode (64 px flat image)         {1e3 * m['color_encode_s']:.2f} ms")
+    print(f"  a new colour (encode, Gauss-Newton on the decode)    {1e3 * m['color_encode_s']:.2f} ms")
     print(f"  LeakstyleLeakLatent (draw x~, cancel the noise DC)   {1e3 * m['latent_node_s']:.2f} ms")
     print(f"  LeakstyleCalibrateModel (clone + patch)              {1e3 * m['calibrate_node_s']:.3f} ms")
     print(f"  Calibrate Colour's shift of x0, per model call       {1e3 * m['shift_s']:.3f} ms")

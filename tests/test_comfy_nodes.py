@@ -151,7 +151,7 @@ def test_color_alone_sets_the_mean_of_the_latent_to_the_encoded_colour(pack, sd1
     _, _, vae = embedded
     from leakstyle.comfy.fitting import raw_color
 
-    style = node(pack, "LeakstyleColor").color(vae, "#ff2000", 1.0)[0]
+    style = node(pack, "LeakstyleColor").color(vae, "#ff2000", 1.0, mode="raw")[0]
     latent = node(pack, "LeakstyleLeakLatent").latent(sd1, style, 64, 64, 1, 0, vae=vae)[0]["samples"]
     torch.testing.assert_close(latent.mean((0, 2, 3)).double(), raw_color(vae, "#ff2000"), rtol=1e-4, atol=1e-4)
     assert latent.std((2, 3)).max() < 1e-4  # a flat latent: colour control alone has no randomness
@@ -163,7 +163,7 @@ def test_color_at_half_strength_blends_a_fitted_style_halfway(pack, embedded):
 
     images = torch.rand(4, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     style = node(pack, "LeakstyleFitStyle").fit(vae, embedded[0], "dct", 3, images=images)[0]
-    half = node(pack, "LeakstyleColor").color(vae, "#00ff00", 0.5, style=style)[0]
+    half = node(pack, "LeakstyleColor").color(vae, "#00ff00", 0.5, mode="raw", style=style)[0]
     scaling = float(style.metadata["scaling_factor"])  # the style is in the model's units: z * scaling
     expected = 0.5 * style.channel_means().double() + 0.5 * scaling * raw_color(vae, "#00ff00")
     torch.testing.assert_close(half.channel_means().double(), expected, rtol=1e-4, atol=1e-4)
@@ -319,6 +319,23 @@ def test_a_colour_is_encoded_once_per_vae_and_colour(pack, embedded, monkeypatch
     assert len(calls) == 3  # another colour: another encode (and the direct one above)
 
 
+@pytest.mark.parametrize("color", ["#505050", "#d01818", "#1838d0"])
+def test_a_calibrated_colour_is_the_latent_that_decodes_to_the_colour(pack, embedded, color):
+    """The library's calibrated target (encode.decoding_to_color) with ComfyUI's VAE: the flat latent of the
+    calibrated colour decodes closer to the colour than the paper's encoding of a flat image does, and the
+    colour-only style holds exactly that latent."""
+    from leakstyle.comfy.fitting import decoded_means, decoding_color, raw_color
+    from leakstyle.encode import parse_color
+
+    _, _, vae = embedded
+    want = torch.tensor(parse_color(color), dtype=torch.float64) / 127.5 - 1
+    solved, encoded = decoding_color(vae, color), raw_color(vae, color)
+    miss = lambda z: float((decoded_means(vae, z[None])[0] - want).norm())  # noqa: E731
+    assert miss(solved) < 0.75 * miss(encoded)
+    style = node(pack, "LeakstyleColor").color(vae, color, 1.0)[0]
+    torch.testing.assert_close(style.channel_means().double(), solved, rtol=1e-5, atol=1e-5)
+
+
 def test_colour_mode_is_calibrated_by_default_and_recorded_on_the_style(pack, embedded):
     _, _, vae = embedded
     spec = pack.NODE_CLASS_MAPPINGS["LeakstyleColor"].INPUT_TYPES()["required"]["mode"]
@@ -331,7 +348,7 @@ def test_colour_mode_is_calibrated_by_default_and_recorded_on_the_style(pack, em
 def test_colour_with_a_model_gives_the_style_in_the_models_units(pack, sd1, embedded):
     from leakstyle.comfy.fitting import raw_color
 
-    style = node(pack, "LeakstyleColor").color(embedded[2], "#1838d0", 1.0, model=sd1)[0]
+    style = node(pack, "LeakstyleColor").color(embedded[2], "#1838d0", 1.0, mode="raw", model=sd1)[0]
     assert float(style.metadata["scaling_factor"]) == pytest.approx(0.18215)
     torch.testing.assert_close(style.channel_means().double(), 0.18215 * raw_color(embedded[2], "#1838d0"), rtol=1e-5, atol=1e-6)
 
@@ -350,14 +367,14 @@ def test_the_calibrated_model_holds_the_x0_border_ring_at_the_colour_at_every_st
     import nodes
 
     from leakstyle.color import ring_mean
-    from leakstyle.comfy.fitting import raw_color
+    from leakstyle.comfy.fitting import decoding_color
 
     model, clip, vae = embedded
     style = node(pack, "LeakstyleColor").color(vae, "#d01818", 1.0)[0]
     patched = node(pack, "LeakstyleCalibrateModel").patch(model, style)[0]
     cond = nodes.CLIPTextEncode().encode(clip, "a red heart")[0]
     latent = node(pack, "LeakstyleLeakLatent").latent(model, style, 64, 64, 2, 0, vae=vae)[0]
-    target = model.get_model_object("latent_format").process_in(raw_color(vae, "#d01818").float().view(1, -1, 1, 1)).view(-1)
+    target = model.get_model_object("latent_format").process_in(decoding_color(vae, "#d01818").float().view(1, -1, 1, 1)).view(-1)
     sample = lambda m: nodes.KSampler().sample(m, 3, 3, 5.0, "euler", "normal", cond, cond, latent)  # noqa: E731
     steered, free = post_cfg_x0(patched, sample), post_cfg_x0(model, sample)
     assert len(steered) == 3

@@ -103,17 +103,58 @@ def encode_color(vae, rgb: tuple[int, int, int], size: int = COLOR_SIZE) -> torc
     return vae.encode(flat).double().mean((0, 2, 3)).cpu()
 
 
-def raw_color(vae, color: str, size: int = COLOR_SIZE) -> torch.Tensor:
-    """The raw latent means [C] (float64) of a flat image of `color` ('#rrggbb') encoded with `vae`.
-
-    Encoded once per (VAE object, colour, size) and kept while the VAE object lives: the flat image's latent is
-    not flat near the borders (the miniature VAE's mean moves by up to 1 latent unit between 16 and 64 px), so
-    a smaller image would give another colour, and the encode is most of what the colour node costs."""
-    key = (parse_color(color), size)
+def cached(vae, key: tuple, compute) -> torch.Tensor:
+    """compute() once per (VAE object, key), kept while the VAE object lives; a copy each time."""
     with _colors_lock:
-        cached = _colors.get(vae, {}).get(key)
-    if cached is None:
-        cached = encode_color(vae, key[0], size)
+        value = _colors.get(vae, {}).get(key)
+    if value is None:
+        value = compute()
         with _colors_lock:
-            _colors.setdefault(vae, {})[key] = cached
-    return cached.clone()
+            _colors.setdefault(vae, {})[key] = value
+    return value.clone()
+
+
+def raw_color(vae, color: str, size: int = COLOR_SIZE) -> torch.Tensor:
+    """The raw latent means [C] (float64) of a flat image of `color` ('#rrggbb') encoded with `vae` (the paper's
+    colour, and `leakstyle.encode.color_to_model_units` before the model's scaling).
+
+    Encoded once per (VAE object, colour, size): the flat image's latent is not flat near the borders (the
+    miniature VAE's mean moves by up to 1 latent unit between 16 and 64 px), so a smaller image would give another
+    colour, and the encode is most of what the colour node costs."""
+    rgb = parse_color(color)
+    return cached(vae, ("encoded", rgb, size), lambda: encode_color(vae, rgb, size))
+
+
+@torch.no_grad()
+def decoded_means(vae, z: torch.Tensor) -> torch.Tensor:
+    """The mean pixel [N, 3] in [-1, 1] that `vae` decodes flat latents of the raw means z [N, C] to (8 x 8)."""
+    flat = z.float().view(*z.shape, 1, 1).expand(*z.shape, 8, 8).contiguous()
+    return vae.decode(flat).double().mean((1, 2)).cpu()[..., :3] * 2 - 1
+
+
+def solve_decoding_to(vae, rgb: tuple[int, int, int], iterations: int = 3, step: float = 0.05,
+                      damping: float = 1e-4) -> torch.Tensor:
+    """Damped Gauss-Newton from the flat image's encoding z toward the raw means whose flat latent `vae` decodes
+    to `rgb`, as leakstyle.encode.decoding_to_color does with a diffusers VAE: z <- z + J^T (J J^T + damping I)^-1
+    (rgb - d(z)), d the decoded mean in [-1, 1] and J [3, C] its forward differences of `step` raw latent units;
+    the step, its half or its quarter, whichever decodes closest, and none when none is closer."""
+    z = encode_color(vae, rgb)
+    want = torch.tensor(rgb, dtype=torch.float64) / 127.5 - 1.0
+    for _ in range(iterations):
+        out = decoded_means(vae, torch.cat([z[None], z[None] + step * torch.eye(len(z), dtype=z.dtype)]))
+        J = ((out[1:] - out[0]) / step).T
+        r = want - out[0]
+        dz = J.T @ torch.linalg.solve(J @ J.T + damping * torch.eye(3, dtype=J.dtype), r)
+        tries = torch.stack([z + f * dz for f in (1.0, 0.5, 0.25)])
+        misses = (decoded_means(vae, tries) - want).norm(dim=1)
+        if misses.min() >= r.norm():
+            break
+        z = tries[int(misses.argmin())]
+    return z
+
+
+def decoding_color(vae, color: str) -> torch.Tensor:
+    """The raw latent means [C] (float64) whose flat latent `vae` decodes to `color`: calibrated colour's target
+    (the library's encode.decoding_to_color), solved once per (VAE object, colour)."""
+    rgb = parse_color(color)
+    return cached(vae, ("decoding", rgb), lambda: solve_decoding_to(vae, rgb))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..color import COLOR_MODES
+from ..color import COLOR_MODES, check_color_mode
 from ..distribution import StyleDistribution
 from ..errors import ImageError
 from . import store
 from .calibration import calibrated_model, calibrated_share, latent_dc_correction, tagged
 from .embedded import embedded_model
-from .fitting import fit_folder, fit_images, raw_color, vae_factor
+from .fitting import decoding_color, fit_folder, fit_images, raw_color, vae_factor
 from .probing import LATENT_FACTOR, probe_text
 from .sampling import LeakNoise, noise_factor, require_leak
 from .units import RAW_VAE_UNITS, color_in_style_units, to_model_units
@@ -89,10 +89,11 @@ class LeakstyleSaveStyle:
 class LeakstyleColor:
     """Set the mean colour of a style (or of a flat start) to an RGB colour, encoded with the VAE.
 
-    The colour is the paper's: a flat 64 px image of it through the VAE (encoded once per VAE and colour).
-    strength blends the style's low frequencies toward it (1: exactly that colour). mode "calibrated" (the
-    default) asks the nodes downstream to cancel the noise's own DC (Signal-Leak Noise; Signal-Leak Latent given
-    KSampler's seed) and lets Calibrate Colour hold the background at the colour; "raw" is the paper's setting."""
+    mode "raw" is the paper's colour: a flat 64 px image of it through the VAE. mode "calibrated" (the default)
+    takes the latent the VAE decodes to the colour (Gauss-Newton from that encoding, as the library does), asks
+    the nodes downstream to cancel the noise's own DC (Signal-Leak Noise; Signal-Leak Latent given KSampler's
+    seed) and lets Calibrate Colour hold the background at it. Each colour is worked out once per VAE. strength
+    blends the style's low frequencies toward it (1: exactly that colour)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -106,7 +107,8 @@ class LeakstyleColor:
     CATEGORY = CATEGORY
 
     def color(self, vae, color="#1e90ff", strength=1.0, mode="calibrated", style=None, model=None):
-        raw = raw_color(vae, color)
+        check_color_mode(mode)
+        raw = decoding_color(vae, color) if mode == "calibrated" else raw_color(vae, color)
         if style is None:
             base = StyleDistribution.flat(torch.zeros(len(raw)), FLAT_SIZE, FLAT_SIZE)
             base.metadata = {**RAW_VAE_UNITS, "image_count": ""}
