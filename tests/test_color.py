@@ -309,3 +309,17 @@ def test_stable_video_diffusion_takes_a_calibrated_colour():
     videos = generate(pipe, image=Image.new("RGB", (32, 32), "red"), color="#505050", num_frames=3, height=32,
                       width=32, num_inference_steps=2)
     assert len(videos) == 1 and len(videos[0]) == 3 and videos[0][0].size == (32, 32)
+
+
+def test_initial_latents_takes_a_hex_colour_as_each_mode_reads_it(sd):
+    from leakstyle.encode import color_to_model_units, decoding_to_color
+    from leakstyle.leak import initial_latents
+
+    def start(color, mode):
+        return initial_latents(sd, None, color=color, color_mode=mode, height=32, width=32, num_inference_steps=2,
+                               generator=torch.Generator().manual_seed(0))
+
+    for mode, units in (("calibrated", decoding_to_color), ("raw", color_to_model_units)):
+        assert torch.equal(start("#e0c020", mode), start(units(sd, "#e0c020"), mode))
+    with pytest.raises(LeakstyleError, match="colour mode"):
+        start(None, "magic")
