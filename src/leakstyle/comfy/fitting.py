@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..distribution import StyleDistribution
-from ..encode import parse_color
+from ..encode import parse_color, solve_decoding_to
 from ..errors import ImageError, LeakstyleError
 from ..images import ImageBatches, digest_paths, list_images, open_image
 from ..moments import Moments
@@ -132,29 +132,9 @@ def decoded_means(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(flat).double().mean((1, 2)).cpu()[..., :3] * 2 - 1
 
 
-def solve_decoding_to(vae, rgb: tuple[int, int, int], iterations: int = 3, step: float = 0.05,
-                      damping: float = 1e-4) -> torch.Tensor:
-    """Damped Gauss-Newton from the flat image's encoding z toward the raw means whose flat latent `vae` decodes
-    to `rgb`, as leakstyle.encode.decoding_to_color does with a diffusers VAE: z <- z + J^T (J J^T + damping I)^-1
-    (rgb - d(z)), d the decoded mean in [-1, 1] and J [3, C] its forward differences of `step` raw latent units;
-    the step, its half or its quarter, whichever decodes closest, and none when none is closer."""
-    z = encode_color(vae, rgb)
-    want = torch.tensor(rgb, dtype=torch.float64) / 127.5 - 1.0
-    for _ in range(iterations):
-        out = decoded_means(vae, torch.cat([z[None], z[None] + step * torch.eye(len(z), dtype=z.dtype)]))
-        J = ((out[1:] - out[0]) / step).T
-        r = want - out[0]
-        dz = J.T @ torch.linalg.solve(J @ J.T + damping * torch.eye(3, dtype=J.dtype), r)
-        tries = torch.stack([z + f * dz for f in (1.0, 0.5, 0.25)])
-        misses = (decoded_means(vae, tries) - want).norm(dim=1)
-        if misses.min() >= r.norm():
-            break
-        z = tries[int(misses.argmin())]
-    return z
-
-
 def decoding_color(vae, color: str) -> torch.Tensor:
     """The raw latent means [C] (float64) whose flat latent `vae` decodes to `color`: calibrated colour's target
     (the library's encode.decoding_to_color), solved once per (VAE object, colour)."""
     rgb = parse_color(color)
-    return cached(vae, ("decoding", rgb), lambda: solve_decoding_to(vae, rgb))
+    return cached(vae, ("decoding", rgb), lambda: solve_decoding_to(lambda z: decoded_means(vae, z),
+                                                                      encode_color(vae, rgb), rgb))
