@@ -500,7 +500,8 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
     rows = [
         Row(f"4. KSampler from LeakstyleLeakLatent / from EmptyLatentImage ({what})", f"{m['ksampler_leak_s']:.3g} s",
             f"{m['ksampler_empty_s']:.3g} s", m["ratio_sampler"], "-", None),
-        Row("4. LeakstyleColor + LeakstyleLeakLatent / KSampler run", ms(m["pack_nodes_s"]), f"{m['ksampler_empty_s']:.3g} s",
+        Row("4. LeakstyleColor + LeakstyleLeakLatent + LeakstyleCalibrateModel / KSampler run", ms(m["pack_nodes_s"]),
+            f"{m['ksampler_empty_s']:.3g} s",
             m["ratio_nodes"], "< 0.01", m["ratio_nodes"] < 0.01),
         Row("4. LeakstyleLeakLatent alone (re-queue: ComfyUI caches the colour) / KSampler run", ms(m["latent_node_s"]),
             f"{m['ksampler_empty_s']:.3g} s", m["ratio_latent_node"], "< 0.01", m["ratio_latent_node"] < 0.01),

@@ -87,7 +87,9 @@ def has_module(name: str) -> bool:
 
 
 def tiny_unet(context_dim: int, adm: int | None = None) -> dict:
-    return {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1],
+    """UNetModel arguments of a one-level model; with `adm`, SDXL's vector conditioning (num_classes "sequential",
+    as ComfyUI's model detection sets it for SDXL)."""
+    return {"num_classes": "sequential" if adm is not None else None,"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1],
             "num_res_blocks": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
             "transformer_depth_middle": 1, "context_dim": context_dim, "use_linear_in_transformer": adm is not None,
             "use_spatial_transformer": True, "legacy": False, "adm_in_channels": adm, "use_temporal_attention": False,

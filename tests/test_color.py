@@ -75,11 +75,11 @@ def first_inputs(pipe, mode, seeds=(0, 1), **kw):
 
 
 def test_calibrated_mode_gives_every_seed_the_same_dc_sqrt_abar_times_the_colour(sd):
-    from leakstyle.encode import color_to_model_units
+    from leakstyle.encode import decoding_to_color
     from leakstyle.schedule import leak_at_first_step
 
     leak = leak_at_first_step(sd.scheduler, 3, warn=False)
-    z = color_to_model_units(sd, "#808080")
+    z = decoding_to_color(sd, "#808080")
     a, b = first_inputs(sd, "calibrated")
     assert torch.allclose(a.mean((2, 3))[0], leak.sqrt_abar_T * z, atol=1e-4)
     assert torch.allclose(b.mean((2, 3))[0], leak.sqrt_abar_T * z, atol=1e-4)
@@ -204,10 +204,10 @@ def test_without_the_loop_the_unets_background_is_not_the_target(sd):
 
 
 def test_generate_in_calibrated_mode_steers_and_raw_mode_does_not(sd):
-    from leakstyle.encode import color_to_model_units
+    from leakstyle.encode import decoding_to_color
     from leakstyle.pipeline import generate
 
-    target = color_to_model_units(sd, "#30a0e0")
+    target = decoding_to_color(sd, "#30a0e0")
     for mode, steered in (("calibrated", True), ("raw", False)):
         rings = []
 
@@ -276,3 +276,50 @@ def test_a_scheduler_the_loop_cannot_read_is_refused_before_sampling(sd):
     finally:
         handle.remove()
     assert calls == [] and not sd.unet._forward_hooks
+
+
+def test_calibrated_mode_aims_at_the_latent_that_decodes_to_the_colour(sd):
+    """On the embedded model's VAE the flat latent decodes to the colour (the encoding misses by up to 6.6 dE00);
+    a random VAE that cannot make the colour keeps the encoding rather than running off."""
+    import numpy as np
+
+    from leakstyle import metrics
+    from leakstyle.encode import color_to_model_units, decoding_to_color, model_units_to_rgb, to_hex
+    from leakstyle.pipeline import load_pipeline
+
+    def error(pipe, z, c):
+        obtained = to_hex(np.array(model_units_to_rgb(pipe.vae, z)))
+        return metrics.ciede2000(metrics.color_to_lab(obtained)[None], metrics.color_to_lab(c)[None])[0]
+
+    embedded = load_pipeline(None, device="cpu")
+    for c in ("#505050", "#e0c020", "#101010"):
+        encoded, decoding = color_to_model_units(embedded, c), decoding_to_color(embedded, c)
+        assert error(embedded, decoding, c) < 1.0 < error(embedded, encoded, c)
+        assert error(sd, decoding_to_color(sd, c), c) <= error(sd, color_to_model_units(sd, c), c)
+
+
+def test_stable_video_diffusion_takes_a_calibrated_colour():
+    """Its temporal decoder asks for the frame count, which decoding_to_color's flat latents must give."""
+    import family_pipelines as fp
+    from PIL import Image
+
+    from leakstyle.pipeline import generate
+
+    pipe = fp.stable_video_diffusion()
+    videos = generate(pipe, image=Image.new("RGB", (32, 32), "red"), color="#505050", num_frames=3, height=32,
+                      width=32, num_inference_steps=2)
+    assert len(videos) == 1 and len(videos[0]) == 3 and videos[0][0].size == (32, 32)
+
+
+def test_initial_latents_takes_a_hex_colour_as_each_mode_reads_it(sd):
+    from leakstyle.encode import color_to_model_units, decoding_to_color
+    from leakstyle.leak import initial_latents
+
+    def start(color, mode):
+        return initial_latents(sd, None, color=color, color_mode=mode, height=32, width=32, num_inference_steps=2,
+                               generator=torch.Generator().manual_seed(0))
+
+    for mode, units in (("calibrated", decoding_to_color), ("raw", color_to_model_units)):
+        assert torch.equal(start("#e0c020", mode), start(units(sd, "#e0c020"), mode))
+    with pytest.raises(LeakstyleError, match="colour mode"):
+        start(None, "magic")

@@ -37,10 +37,11 @@ def test_the_comfy_registry_section_parses_with_comfyuis_own_parser():
         pytest.skip("ComfyUI not found")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from comfy_config import config_parser; "
             "c = config_parser.extract_node_configuration(sys.argv[2]); "
-            "print(c.tool_comfy.publisher_id, '|', c.tool_comfy.display_name, '|', c.project.name)")
+            "print(c.tool_comfy.publisher_id, '|', c.tool_comfy.display_name, '|', c.project.name, '|', "
+            "c.project.supported_comfyui_version)")
     out = subprocess.run([sys.executable, "-c", code, str(comfyui_path()), str(REPO)], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out.startswith("leakstyle | leakstyle: signal-leak sampling") and out.endswith("| leakstyle")
+    assert out.startswith("leakstyle | leakstyle: signal-leak sampling") and out.endswith("| leakstyle | >=0.3.64")
 
 
 def test_the_root_init_defines_no_nodes_outside_comfyui():
@@ -62,4 +63,4 @@ def test_the_shim_for_a_pip_install_loads_the_nodes_inside_comfyui(tmp_path):
             "s.loader.exec_module(m); print(sorted(m.NODE_CLASS_MAPPINGS)[0], len(m.NODE_CLASS_MAPPINGS))")
     out = subprocess.run([sys.executable, "-c", code, str(shim), str(REPO / "src"), str(comfyui_path())],
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "LeakstyleColor 8"
+    assert out == "LeakstyleCalibrateModel 9"

@@ -22,7 +22,7 @@ if comfyui_path() is None:
     pytest.skip("ComfyUI not found (set COMFYUI_PATH or put it at ../shared/ComfyUI)", allow_module_level=True)
 
 PACK_NODES = {"LeakstyleLoadStyle", "LeakstyleFitStyle", "LeakstyleSaveStyle", "LeakstyleColor", "LeakstyleLeakLatent",
-              "LeakstyleLeakNoise", "LeakstyleProbe", "LeakstyleEmbeddedModel"}
+              "LeakstyleLeakNoise", "LeakstyleCalibrateModel", "LeakstyleProbe", "LeakstyleEmbeddedModel"}
 REQUESTED = "#1838d0"  # a saturated blue, far from the medium grey that pure noise is pulled toward
 CHROMIUM = Path("/usr/bin/chromium")
 WORKFLOWS = REPO / "workflows"
@@ -121,15 +121,16 @@ def object_info(server):
     return server.get("/object_info")
 
 
-def embedded_prompt(latent: dict, prefix: str) -> dict:
-    """An API-format KSampler workflow on the embedded model; node "5" makes the latent."""
+def embedded_prompt(latent: dict, prefix: str, color: str = REQUESTED, mode: str = "raw", model=("1", 0),
+                    seed: int = 1) -> dict:
+    """An API-format KSampler workflow on the embedded model; node "5" makes the latent, "4" the colour."""
     return {
         "1": {"class_type": "LeakstyleEmbeddedModel", "inputs": {}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red heart"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "4": {"class_type": "LeakstyleColor", "inputs": {"vae": ["1", 2], "color": REQUESTED, "strength": 1.0}},
+        "4": {"class_type": "LeakstyleColor", "inputs": {"vae": ["1", 2], "color": color, "strength": 1.0, "mode": mode}},
         "5": latent,
-        "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 8, "cfg": 5.0, "sampler_name": "euler",
+        "6": {"class_type": "KSampler", "inputs": {"model": list(model), "seed": seed, "steps": 8, "cfg": 5.0, "sampler_name": "euler",
                                                    "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0],
                                                    "latent_image": ["5", 0], "denoise": 1.0}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
@@ -142,24 +143,42 @@ def distance_to(image: np.ndarray, hexcode: str) -> float:
     return float(np.linalg.norm(image.mean((0, 1)) - target))
 
 
-def to_api(workflow: dict, object_info: dict) -> dict:
-    """A UI-format workflow (what the page saves and loads) as the API format /prompt takes, as the page does it."""
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def to_api(workflow: dict, object_info: dict, check_choices: bool = True) -> dict:
+    """A UI-format workflow (what the page saves and loads) as the API format /prompt takes, as the page does it:
+    every node type and input checked against /object_info, widget values in the order of the node's inputs (a
+    widget fed by a link keeps its value in the file; forceInput inputs have none), links as [node id, slot].
+    `check_choices`: a COMBO's value must be one of the server's choices (a checkpoint this server lacks is not)."""
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] == "Note":
             continue
+        assert node["type"] in object_info, f"{node['type']} is not a node type this server knows"
         spec = object_info[node["type"]]["input"]
+        known = {**spec.get("required", {}), **spec.get("optional", {})}
         inputs, values = {}, list(node.get("widgets_values", []))
         connected = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        for name, (kind, *options) in [*spec.get("required", {}).items(), *spec.get("optional", {}).items()]:
+        assert set(connected) <= set(known), (node["type"], set(connected) - set(known))
+        for name, (kind, *options) in known.items():
+            options = options[0] if options else {}
+            widget = (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+            if widget:
+                assert values, f"{node['type']} has no widget value for {name}"
+                value = values.pop(0)
+                if options.get("control_after_generate"):
+                    assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+                if check_choices and (isinstance(kind, list) or kind == "COMBO"):
+                    assert value in (kind if isinstance(kind, list) else options["options"]), (node["type"], name, value)
             if name in connected:
                 link = connected[name]
+                assert kind in (link[5], "*") or isinstance(kind, list), (node["type"], name, link[5], kind)
                 inputs[name] = [str(link[1]), link[2]]
-            elif (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and values:
-                inputs[name] = values.pop(0)
-                if options and options[0].get("control_after_generate"):
-                    values.pop(0)  # the page's "fixed"/"randomize" widget
+            elif widget:
+                inputs[name] = value
+        assert not values, f"{node['type']} has widget values left over: {values}"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
@@ -182,6 +201,61 @@ def test_a_prompt_with_the_leak_moves_the_saved_images_toward_the_colour(server)
     assert [i.shape for i in with_leak] == [(64, 64, 3)] * 2 == [i.shape for i in without]
     for a, b in zip(with_leak, without):
         assert distance_to(a, REQUESTED) < distance_to(b, REQUESTED) - 10
+
+
+# Saturated colours, a near-white and a near-black: far from the medium grey that pure noise is pulled toward.
+CALIBRATION_COLOURS = ["#1838d0", "#d01818", "#f0f0f0", "#202020"]
+
+
+def test_calibrated_colour_brings_the_saved_images_border_closer_to_the_colour_than_raw(server):
+    """Raw: the paper's latent. Calibrated: the latent given KSampler's seed (noise DC cancelled) and the MODEL through
+    Calibrate Colour (x0's border ring held at the colour). Border CIEDE2000 of the saved PNGs, same seeds."""
+    from leakstyle.metrics import color_errors
+
+    errors = {"raw": [], "calibrated": []}
+    for colour in CALIBRATION_COLOURS:
+        for mode in errors:
+            inputs = {"model": ["1", 0], "style": ["4", 0], "width": 64, "height": 64, "batch_size": 2, "seed": 0, "vae": ["1", 2]}
+            prompt = embedded_prompt({"class_type": "LeakstyleLeakLatent", "inputs": inputs}, f"cal-{mode}", colour, mode,
+                                     seed=7)
+            if mode == "calibrated":
+                inputs["noise_seed"] = 7
+                prompt["9"] = {"class_type": "LeakstyleCalibrateModel", "inputs": {"model": ["1", 0], "style": ["4", 0]}}
+                prompt["6"]["inputs"]["model"] = ["9", 0]
+            images = server.images(server.run(prompt), "8")
+            errors[mode].append(color_errors([i.astype(np.uint8) for i in images], colour, mask="border"))
+    raw, calibrated = np.concatenate(errors["raw"]), np.concatenate(errors["calibrated"])
+    report = {mode: [round(float(e), 1) for e in np.concatenate(v)] for mode, v in errors.items()}
+    print(f"\nborder CIEDE2000 on {CALIBRATION_COLOURS} x 2 images: {json.dumps(report)}; median raw "
+          f"{np.median(raw):.1f}, calibrated {np.median(calibrated):.1f}")
+    assert np.median(calibrated) < np.median(raw) - 5, report
+    assert sum(c.mean() < r.mean() for c, r in zip(errors["calibrated"], errors["raw"])) >= len(CALIBRATION_COLOURS) - 1, report
+
+
+def with_the_embedded_model(workflow: dict) -> dict:
+    """The UI-format workflow with its Load Checkpoint node made an Embedded Mini Model (the same three outputs)."""
+    workflow = json.loads(json.dumps(workflow))
+    for node in workflow["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node.update(type="LeakstyleEmbeddedModel", widgets_values=[], properties={"Node name for S&R": "LeakstyleEmbeddedModel"})
+    return workflow
+
+
+def test_the_ksampler_example_workflow_runs_with_the_embedded_model_for_its_checkpoint(server, object_info):
+    """The SD 1.5 workflow as saved, converted to the API format, with Load Checkpoint (whose MODEL, CLIP and VAE
+    slots the Embedded Mini Model has too) swapped for the embedded model, run at its size (128 px asks for
+    16 x 16 latents at ComfyUI's 1/8) and 4 steps."""
+    assert object_info["CheckpointLoaderSimple"]["output"] == object_info["LeakstyleEmbeddedModel"]["output"]
+    assert list(object_info["CheckpointLoaderSimple"]["input"]["required"]) == ["ckpt_name"]
+    prompt = to_api(with_the_embedded_model(json.loads((WORKFLOWS / "leakstyle-ksampler-sd15.json").read_text())), object_info)
+    latent = next(n for n in prompt.values() if n["class_type"] == "LeakstyleLeakLatent")["inputs"]
+    assert latent["noise_seed"][0] == next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]["seed"][0]
+    latent.update(width=128, height=128)
+    next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]["steps"] = 4
+    entry = server.run(prompt)
+    saver = next(k for k, n in prompt.items() if n["class_type"] == "SaveImage")
+    images = server.images(entry, saver)
+    assert len(images) == 1 and images[0].shape == (64, 64, 3)
 
 
 def test_the_custom_advanced_example_workflow_runs_as_saved(server, object_info):
@@ -236,7 +310,7 @@ def page(server, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["leakstyle-custom-advanced-embedded.json", "leakstyle-ksampler-sd15.json"])
-def test_the_page_loads_the_example_workflow_dropped_on_it_with_the_packs_nodes(page, tmp_path, name):
+def test_the_page_loads_the_example_workflow_dropped_on_it_with_the_packs_nodes(page, object_info, tmp_path, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
     errors = []  # what loading the workflow causes
     on_error = lambda e: errors.append(str(e))  # noqa: E731
@@ -260,3 +334,18 @@ def test_the_page_loads_the_example_workflow_dropped_on_it_with_the_packs_nodes(
     screenshot = Path(os.environ.get("LEAKSTYLE_COMFY_SCREENSHOT_DIR", tmp_path)) / name.replace(".json", ".png")
     page.screenshot(path=str(screenshot))
     assert screenshot.stat().st_size > 10_000
+    # The page's own conversion to the API format (what it posts to /prompt) is the one the tests run (leaving out
+    # widgets the page adds for itself, such as Preview Any's text box, which the server does not know). The page
+    # cannot convert a checkpoint loader whose checkpoint the server lacks: the workflow with the embedded model.
+    if any(n["type"] == "CheckpointLoaderSimple" for n in workflow["nodes"]):
+        workflow = with_the_embedded_model(workflow)
+        page.evaluate(DROP_FILE, json.dumps(workflow))
+        page.wait_for_timeout(2000)
+    theirs = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = to_api(workflow, object_info)
+
+    def known(node):
+        spec = object_info[node["class_type"]]["input"]
+        return node["class_type"], {k: v for k, v in node["inputs"].items() if k in {**spec.get("required", {}), **spec.get("optional", {})}}
+
+    assert {k: known(v) for k, v in theirs.items()} == {k: (v["class_type"], v["inputs"]) for k, v in ours.items()}

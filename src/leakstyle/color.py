@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .denoiser import FRAME_MAJOR, denoiser_of, latent_channels, layout
+from .encode import color_to_model_units, decoding_to_color
 from .errors import LeakstyleError
 from .schedule import Leak
 
@@ -48,6 +49,15 @@ def check_color_mode(color_mode: str) -> str:
     if color_mode not in COLOR_MODES:
         raise LeakstyleError(f"unknown colour mode {color_mode!r}; choose one of {', '.join(COLOR_MODES)}")
     return color_mode
+
+
+def color_in_model_units(pipe, color, color_mode: str):
+    """A '#rrggbb' colour as the per-channel mean [C] a leak sets: in calibrated mode the latent that decodes to it
+    (encode.decoding_to_color), in raw mode the paper's encoding of a flat image (encode.color_to_model_units).
+    Anything else (model units, None) is returned as it is."""
+    if not isinstance(color, str):
+        return color
+    return decoding_to_color(pipe, color) if check_color_mode(color_mode) == "calibrated" else color_to_model_units(pipe, color)
 
 
 def noise_dc_correction(eps: torch.Tensor, leak: Leak, share: float = 1.0,
@@ -170,10 +180,7 @@ def steered_background(pipe, target: torch.Tensor | str, scheduler=None):
     The denoiser's input is read as sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (what every diffusers scheduler's
     scale_model_input gives), its first C channels as the latents (SVD appends its image's latents; C from the
     VAE) and the first C channels of its output as the prediction (learned-variance models append C more)."""
-    if isinstance(target, str):
-        from .encode import color_to_model_units
-
-        target = color_to_model_units(pipe, target)
+    target = color_in_model_units(pipe, target, "calibrated")
     scheduler = scheduler or pipe.scheduler
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     abar_at(scheduler, torch.zeros(1))  # refuse, before any sampling, what the loop could not read

@@ -7,6 +7,7 @@ Latents follow the diffusers convention: z = (latent_dist.mode() - shift_factor)
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 
 import torch
@@ -57,7 +58,9 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     dtype = vae.dtype
     with upcast(vae) as compute:
         latents = latents.to(device=vae.device, dtype=compute)
-        return vae.decode(latents / scaling + shift).sample.clamp(-1, 1).to(dtype)
+        # A temporal decoder (Stable Video Diffusion's) takes the frames as its batch and asks how many there are.
+        frames = {"num_frames": len(latents)} if "num_frames" in inspect.signature(vae.decode).parameters else {}
+        return vae.decode(latents / scaling + shift, **frames).sample.clamp(-1, 1).to(dtype)
 
 
 def parse_color(color: str) -> tuple[int, int, int]:
@@ -96,3 +99,45 @@ def model_units_to_rgb(vae, channel_means: torch.Tensor, size: int = 8) -> tuple
         flat = channel_means.float().view(1, -1, 1, 1).expand(1, -1, size, size)
         pixels = decode(vae, flat).float().mean((0, 2, 3)).cpu()
     return tuple(int(round(v)) for v in ((pixels.clamp(-1, 1) + 1) * 127.5).tolist())
+
+
+def solve_decoding_to(decoded, z: torch.Tensor, rgb: tuple[int, int, int], iterations: int = 3, step: float = 0.05,
+                      damping: float = 1e-4) -> torch.Tensor:
+    """The per-channel means [C] near `z` whose flat latent decodes to `rgb`, `decoded` mapping means [N, C] to the
+    decoded mean pixels [N, 3] in [-1, 1] (float64) of their flat latents.
+
+    Damped Gauss-Newton on the decoded mean colour d(z), its Jacobian J [3, C] by forward differences of `step`:
+    z <- z + J^T (J J^T + damping I)^-1 (rgb - d(z)) (the smallest change: C unknowns for 3 equations), or the half
+    or quarter step that decodes closer; it stops when no step helps, so a VAE that cannot make the colour (random
+    weights) keeps z."""
+    want = torch.tensor(rgb, dtype=torch.float64) / 127.5 - 1.0
+    for _ in range(iterations):
+        out = decoded(torch.cat([z[None], z[None] + step * torch.eye(len(z), dtype=z.dtype)]))
+        J = ((out[1:] - out[0]) / step).T  # [3, C]
+        r = want - out[0]
+        dz = (J.T @ torch.linalg.solve(J @ J.T + damping * torch.eye(3, dtype=J.dtype), r)).to(z.dtype)
+        tries = torch.stack([z + f * dz for f in (1.0, 0.5, 0.25)])
+        misses = (decoded(tries) - want).norm(dim=1)
+        if misses.min() >= r.norm():
+            break
+        z = tries[int(misses.argmin())]
+    return z
+
+
+def decoding_to_color(pipe, color: str | tuple[int, int, int]) -> torch.Tensor:
+    """The per-channel mean [C] (model units) whose flat latent the pipeline's VAE decodes to `color`.
+
+    The encoding of a flat image (color_to_model_units) does not decode back to the colour exactly (a flat #505050
+    comes back as #574e54 from the embedded model's VAE); solve_decoding_to corrects it, starting there.
+    Pixel-space models: the colour's pixels."""
+    rgb = parse_color(color) if isinstance(color, str) else tuple(color)
+    z = color_to_model_units(pipe, rgb)
+    vae = vae_of(pipe)
+    if vae is None:
+        return z
+
+    def decoded(latents: torch.Tensor) -> torch.Tensor:  # [N, C] -> mean pixels [N, 3]
+        flat = latents.float().view(*latents.shape, 1, 1).expand(*latents.shape, 8, 8)
+        return decode(vae, flat).double().mean((2, 3)).cpu()
+
+    return solve_decoding_to(decoded, z, rgb)

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .color import check_color_mode, noise_dc_correction
+from .color import check_color_mode, color_in_model_units, noise_dc_correction
 from .denoiser import (denoiser_of, latent_channels, latent_tensor_shape, layout, native_latent_size, num_frames_of,
                        vae_factor)
 from .distribution import StyleDistribution
@@ -113,9 +113,11 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
                     frames: str = "shared", color_mode: str = "raw") -> torch.Tensor:
     """The `latents=` to pass to `pipe` so that its first step starts from the signal leak of `style`.
 
-    Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` [C] (model units) with `strength`
-    sets the low frequencies (see StyleDistribution.with_color); `color_mode` "raw" (the default here: the
-    paper's math) does no more, "calibrated" also cancels the noise's own DC (leakstyle.color; generate's default). With neither style nor colour, returns eps:
+    Draws eps [B, C, h, w] first, then x_tilde, from `generator`. `color` ('#rrggbb', or [C] in model units) with
+    `strength` sets the low frequencies (see StyleDistribution.with_color); `color_mode` "raw" (the default here: the
+    paper's math) does no more, "calibrated" also cancels the noise's own DC and takes a '#rrggbb' colour as
+    the latent that decodes to it (leakstyle.color; generate's default; call the pipeline inside
+    color.steered_background for the closed loop). With neither style nor colour, returns eps:
     the pipeline's own pure-noise start. Returns [B, C, h, w] with h, w = height, width / VAE factor.
     Warns (ZeroTerminalSNRWarning) and returns pure noise when the scheduler leaks nothing.
     A size, step count, strength, style or colour that cannot work is a LeakstyleError, raised before any draw.
@@ -127,8 +129,8 @@ def initial_latents(pipe, style: StyleDistribution | None, batch_size: int = 1, 
     scheduler = scheduler or pipe.scheduler
     check_frames(frames)
     C, h, w = latent_shape(pipe, height, width)
+    color = color_in_model_units(pipe, color, check_color_mode(color_mode))
     check_leak_inputs(style, color, strength, C)
-    check_color_mode(color_mode)
     leak = leak_at_first_step(scheduler, num_inference_steps, warn=False)
     F = num_frames_of(pipe, num_frames)
     device = device or denoiser_of(pipe).device

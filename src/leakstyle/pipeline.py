@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .cascade import is_cascade, run_stage_one
 from .denoiser import denoiser_of, num_frames_of
 from .distribution import StyleDistribution
-from .color import background_target, check_color_mode, steered_background
-from .encode import color_to_model_units, parse_color
+from .color import background_target, check_color_mode, color_in_model_units, steered_background
+from .encode import parse_color
 from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
@@ -215,10 +215,8 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
         noise = getattr(pipe, "leakstyle_noise", None)
     if noise is not None and num_frames is not None:
         raise LeakstyleError("Diffusion in Style noise is for image models; this is a video pipeline")
-    if isinstance(color, str):
-        color = color_to_model_units(pipe, color)
+    color = color_in_model_units(pipe, color, check_color_mode(color_mode))
     check_leak_inputs(style, color, strength, C)
-    check_color_mode(color_mode)
     if (style is not None or color is not None) and not leak.has_leak:
         explanation = no_leak_explanation(run_scheduler, leak) if noise is None else ZERO_SNR_FINETUNED_EXPLANATION
         if on_no_leak == "raise":

@@ -97,6 +97,27 @@ def sentence(kind: str, ratio: float, snr: float) -> str:
             f"use a larger size, fewer 'leading' steps, or Diffusion in Style (leakstyle finetune)")
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """What a leak abar_T predicts on h x w latents whose channel means spread by sigma_m [C] (see the module)."""
+
+    snr_dc_per_channel: list[float]
+    snr_dc: float
+    predicted_std_ratio: float
+    verdict: str
+    explanation: str
+
+
+def assess(abar_T: float, h: int, w: int, sigma_m: torch.Tensor) -> Assessment:
+    """SNR_DC per channel and at the channels' root-mean-square sigma_m, the predicted std ratio and the verdict of a
+    leak abar_T > 0 (used by probe_schedule and by the ComfyUI probe node, which reads abar_0 from its sigmas)."""
+    per_channel = [snr_dc(abar_T, h, w, float(s)) for s in sigma_m]
+    snr = snr_dc(abar_T, h, w, float(sigma_m.double().pow(2).mean().sqrt()))
+    ratio = predicted_std_ratio(snr)
+    kind = verdict(snr)
+    return Assessment(per_channel, snr, ratio, kind, sentence(kind, ratio, snr))
+
+
 def sigma_m_of_style(style: StyleDistribution) -> torch.Tensor:
     """sigma_m [C] of a dct style: its DC component's variance is h w var(channel mean) (orthonormal DCT).
 
@@ -146,14 +167,14 @@ def probe_schedule(scheduler, steps: int, latent_height: int, latent_width: int,
     if hasattr(scheduler, "alphas_cumprod") and getattr(scheduler, "sigmas", None) is not None:
         sigma_T = math.sqrt(1.0 / leak.abar_T - 1.0) if leak.abar_T > 0 else math.inf
     if leak.has_leak and sigma_m is not None:
-        per_channel = [snr_dc(leak.abar_T, latent_height, latent_width, float(s)) for s in sigma_m]
-        rms = float(sigma_m.double().pow(2).mean().sqrt())
-        snr = snr_dc(leak.abar_T, latent_height, latent_width, rms)
+        a = assess(leak.abar_T, latent_height, latent_width, sigma_m)
+        per_channel, snr, ratio, kind, explanation = (a.snr_dc_per_channel, a.snr_dc, a.predicted_std_ratio, a.verdict,
+                                                      a.explanation)
     else:
         per_channel, snr = None, 0.0
-    ratio = predicted_std_ratio(snr)
-    kind = verdict(snr, leak.has_leak)
-    explanation = sentence(kind, ratio, snr) if leak.has_leak else no_leak_explanation(scheduler, leak)
+        ratio = predicted_std_ratio(snr)
+        kind = verdict(snr, leak.has_leak)
+        explanation = sentence(kind, ratio, snr) if leak.has_leak else no_leak_explanation(scheduler, leak)
     return Probe(scheduler=scheduler_name(scheduler), steps=steps, T=leak.T, sigma_T=sigma_T, abar_T=leak.abar_T,
                  sqrt_abar_T=leak.sqrt_abar_T, channels=len(sigma_m) if sigma_m is not None else 0,
                  latent_height=latent_height, latent_width=latent_width,

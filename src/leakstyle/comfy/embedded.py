@@ -5,7 +5,8 @@ ComfyUI's own classes here: its UNetModel inside a BaseModel (EPS, SD's scaled-l
 SD1 CLIP text encoder and tokenizer with the miniature config, and its KL autoencoder. Two facts of
 the miniature model differ from ComfyUI's defaults and are stated rather than guessed:
 - its GroupNorm layers have 8 (UNet) and 4 (VAE) groups where ComfyUI's layer code asks for 32, so the
-  layers are built with an operations class whose GroupNorm takes the model's group count;
+  layers are built with an operations class whose GroupNorm takes the model's group count (the UNet takes it as
+  an argument; the VAE's layers read a module global, see vae_layers_with_groups);
 - its VAE has three levels, so one latent element spans 4 pixels, not 8 (`VAE.downscale_ratio = 4`).
 """
 
@@ -15,12 +16,13 @@ import contextlib
 import functools
 import json
 import re
+import threading
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import LeakstyleError
-from ..loading import EMBEDDED_MODEL
+from ..loading import EMBEDDED_MODEL, EMBEDDED_NAME
 
 
 def read_config(part: str) -> dict:
@@ -47,18 +49,48 @@ def group_norm_operations(base, num_groups: int):
     return type(f"{base.__name__}GroupNorm{num_groups}", (base,), {"GroupNorm": GroupNorm})
 
 
+_building = threading.local()  # .groups: the GroupNorm group count while this thread builds the embedded VAE
+_build_lock = threading.Lock()
+
+
+def thread_group_norm_operations(base):
+    """ComfyUI's operations class `base` whose GroupNorm takes the group count of the embedded VAE being built in
+    this thread, and is `base`'s own GroupNorm (the groups asked for) anywhere else."""
+
+    class GroupNorm(base.GroupNorm):
+        def __init__(self, *args, **kwargs):
+            groups = getattr(_building, "groups", None)
+            if groups is not None:
+                kwargs.pop("num_groups", None)
+                if "num_channels" not in kwargs:
+                    args = args[1:]
+                args = (groups, *args)
+            super().__init__(*args, **kwargs)
+
+    return type(f"{base.__name__}ThreadGroups", (base,), {"GroupNorm": GroupNorm})
+
+
 @contextlib.contextmanager
 def vae_layers_with_groups(num_groups: int):
-    """ComfyUI's VAE layer module reads its operations class from a module global when it builds layers;
-    point it at one whose GroupNorm takes `num_groups` while the VAE is built, and restore it after."""
+    """While the block builds a VAE, ComfyUI's VAE layers make GroupNorms of `num_groups` groups in this thread.
+
+    Why a module global is swapped: the Encoder and Decoder of comfy/ldm/modules/diffusionmodules/model.py build
+    their norms with the module-level Normalize(), which hard-codes 32 groups and reads the module global `ops`;
+    neither class takes a norm or an operations argument, and 32 groups cannot even be constructed on the
+    miniature VAE's 16 channels, so building with ComfyUI's norms and replacing them after is not possible either.
+    Safe as far as it can be: the swapped class behaves as ComfyUI's own in every other thread (the group count
+    is thread-local), one build at a time (a lock), and `ops` is restored in `finally`."""
     import comfy.ldm.modules.diffusionmodules.model as vae_layers
 
-    own = vae_layers.ops
-    vae_layers.ops = group_norm_operations(own, num_groups)
-    try:
-        yield
-    finally:
-        vae_layers.ops = own
+    with _build_lock:
+        own = vae_layers.ops
+        vae_layers.ops = thread_group_norm_operations(own)
+        _building.groups = num_groups
+        try:
+            yield
+        finally:
+            _building.groups = None
+            vae_layers.ops = own
 
 
 def unet_config(config: dict) -> dict:
@@ -122,6 +154,7 @@ def build_model():
         raise LeakstyleError(f"the embedded UNet's weights do not map onto ComfyUI's UNetModel ({len(missing)} missing); "
                              f"this ComfyUI version is not supported")
     model.eval()
+    model.leakstyle_name = EMBEDDED_NAME  # what style files fitted for it record (see fitting.model_name)
     return comfy.model_patcher.ModelPatcher(model, load_device=device,
                                             offload_device=comfy.model_management.unet_offload_device())
 

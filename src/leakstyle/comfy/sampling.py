@@ -79,16 +79,25 @@ def noise_factor(model, sigmas: torch.Tensor) -> float:
     return math.sqrt(1.0 - abar(sigma_0)) if counts_as_sigma_max(model, sigma_0) else 1.0
 
 
+def cancel_noise_dc(eps: torch.Tensor, share: float) -> torch.Tensor:
+    """eps - share * mean_hw(eps) per sample and channel ([B, C, ..., h, w]; the mean over the last two axes): in
+    a x~ + b eps this is leakstyle's calibrated x~ + share * (-(b / a) mean_hw(eps)) (see calibration.py)."""
+    return eps - share * eps.mean((-2, -1), keepdim=True)
+
+
 class LeakNoise:
     """A NOISE for SamplerCustomAdvanced: ComfyUI's own noise for the seed (as RandomNoise draws it, batch_index
-    honoured), times `factor` (see noise_factor)."""
+    honoured), with `share` of its DC cancelled (calibrated colour; 0: none), times `factor` (see noise_factor)."""
 
-    def __init__(self, seed: int, factor: float):
+    def __init__(self, seed: int, factor: float, share: float = 0.0):
         self.seed = seed
         self.factor = factor
+        self.share = share
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         import comfy.sample
 
         eps = comfy.sample.prepare_noise(input_latent["samples"], self.seed, input_latent.get("batch_index"))
+        if self.share:
+            eps = cancel_noise_dc(eps, self.share)
         return eps if self.factor == 1.0 else eps.mul_(self.factor)

@@ -1,11 +1,13 @@
 """The units a style's latents are in, and the model's.
 
 A style file says how its latents were made from the VAE's raw latents z: x = (z - shift_factor) *
-scaling_factor (metadata of leakstyle files; diffusers' convention). ComfyUI's VAE Encode gives z itself,
-so styles fitted or coloured in ComfyUI say scaling_factor 1, shift_factor 0. A model wants
-x = process_latent_in(z), an affine map per channel for every latent format that leaks (SD 1.x/2.x/XL:
-z * scale_factor). Official folders carry no factors: they are in the units of the model they were fitted
-for (the research code's scaled latents) and are used as they are.
+scaling_factor (metadata of leakstyle files; diffusers' convention). A model wants x = process_latent_in(z),
+an affine map per channel for every latent format that leaks (SD 1.x/2.x/XL: z * scale_factor), which is the
+same map with the latent format's scale and shift. ComfyUI's VAE Encode gives z itself, so styles fitted in
+ComfyUI are put through process_latent_in and record the model's factors: a style fitted there is the file
+`leakstyle fit` writes for the same images and VAE. A colour-only style made without a model stays in z and
+says scaling_factor 1, shift_factor 0. Official folders carry no factors: they are in the units of the model
+they were fitted for (the research code's scaled latents) and are used as they are.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def latent_affine(model, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not torch.allclose(z[2], 2 * a + b, rtol=1e-6, atol=1e-9):
         raise LeakstyleError("this model's latent format is not an affine map of the VAE's latents; leakstyle cannot use it")
     return a, b
+
+
+def model_units(model, channels: int) -> dict[str, str]:
+    """The metadata of a style in the model's units: its latent format's (scaling_factor, shift_factor), from
+    process_latent_in(z) = (z - shift) * scaling. A per-channel map (no single factor) cannot be recorded."""
+    a, b = latent_affine(model, channels)
+    if not torch.allclose(a, a[0].expand_as(a), rtol=1e-7, atol=0) or not torch.allclose(b, b[0].expand_as(b), rtol=1e-7, atol=1e-12):
+        raise LeakstyleError("this model's latent format scales each channel differently, so a style file cannot record "
+                             "its units; leakstyle styles work with SD 1.x, SD 2.x and SDXL models")
+    scaling = float(a[0])
+    return {"space": "latent", "scaling_factor": repr(scaling), "shift_factor": repr(float(-b[0] / a[0]) + 0.0)}
+
+
+def process_in(model, z: torch.Tensor) -> torch.Tensor:
+    """process_latent_in(z) [B, C, h, w] (the model's units) of raw VAE latents z, in float32."""
+    return model.get_model_object("latent_format").process_in(z.float().clone())
 
 
 def affine(style: StyleDistribution, a: torch.Tensor, b: torch.Tensor) -> StyleDistribution:
