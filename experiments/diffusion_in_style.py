@@ -30,7 +30,7 @@ Everything is cached under OUT (--out, default experiments/results/diffusion_in_
 runs/KEY/STYLE/seed-S/NOISE-TIMESTEPS/ (resumable), the features of each row's images in
 cells/KEY/STYLE/seed-S/ROW.npz (KEY: a digest of the other settings, so that other settings never mix).
 A killed run restarts where it stopped; rerunning with more seeds or steps adds only the new cells. The cells
-are small (a few hundred kB) and committed; the runs are not (a later session retrains only unfinished cells).
+are small (about 30 kB each, compressed) and committed; the runs are not (a later session retrains only unfinished cells).
 --report trains and generates nothing: it reports the cells that exist, each contrast over the seeds that have
 all its cells, and lists the missing ones.
 Writes OUT/results.md, OUT/results.json and OUT/distance-STYLE.png.
