@@ -323,3 +323,14 @@ def test_initial_latents_takes_a_hex_colour_as_each_mode_reads_it(sd):
         assert torch.equal(start("#e0c020", mode), start(units(sd, "#e0c020"), mode))
     with pytest.raises(LeakstyleError, match="colour mode"):
         start(None, "magic")
+
+
+def test_the_loop_steers_a_pixel_model_whose_unet_returns_an_output_object(pixel_path):
+    from leakstyle.pipeline import load_pipeline, run_pixel_model
+
+    pipe = load_pipeline(pixel_path, device="cpu")
+    target = torch.tensor([0.5, -0.5, 0.25])
+
+    x = torch.randn(2, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    rings = ring_means_of_predictions(pipe, target, lambda: run_pixel_model(pipe, x, 3))
+    assert len(rings) == 3 and all(torch.allclose(r, target.expand_as(r), atol=1e-4) for r in rings)
