@@ -24,3 +24,25 @@ def run_error(argv, capsys):
     errors = [line for line in err if line.startswith("leakstyle: error:")]
     assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
     return errors[0]
+
+
+def run_whole_and_resumed(images, tmp_path, **options):
+    """leakstyle finetune run twice with `options` (checkpoint_every=2, at least 4 steps): once through into
+    tmp_path/whole, and once killed after step 3 (checkpoint 2 written), with a half-written later save left
+    behind, then resumed, into tmp_path/cut. Returns the two output folders."""
+    import pytest
+
+    from leakstyle.finetune import checkpoints, finetune
+
+    finetune(images, tmp_path / "whole", **options)
+
+    def kill_after_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(images, tmp_path / "cut", callback=kill_after_step_3, **options)
+    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
+    (tmp_path / "cut" / "checkpoints" / ".step-000004.tmp").mkdir()  # a save killed half-way: ignored
+    finetune(images, tmp_path / "cut", resume=True, **options)
+    return tmp_path / "whole", tmp_path / "cut"

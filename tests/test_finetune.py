@@ -20,7 +20,7 @@ from leakstyle.schedule import leak_at_first_step
 from leakstyle.schedulers import make_scheduler
 from leakstyle.testing import SD15_SCHEDULE
 
-from helpers import run_error
+from helpers import run_error, run_whole_and_resumed
 from helpers import write_images as shared_write_images
 
 FAST = dict(steps=2, batch_size=2, progress=False)
@@ -144,19 +144,9 @@ def test_lora_finetune_writes_adapter_weights_that_load_on_the_base_model(lora_r
 
 
 def test_a_resumed_run_gives_the_same_weights_as_an_uninterrupted_one(tmp_path, images, sd_path):
-    options = dict(model=sd_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2, progress=False)
-    finetune(images, tmp_path / "whole", **options)
-
-    def kill_after_step_3(step, loss):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(images, tmp_path / "cut", callback=kill_after_step_3, **options)
-    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
-    (tmp_path / "cut" / "checkpoints" / ".step-000004.tmp").mkdir()  # a save killed half-way: ignored
-    finetune(images, tmp_path / "cut", resume=True, **options)
-    whole, cut = unet_weights(tmp_path / "whole"), unet_weights(tmp_path / "cut")
+    whole_run, cut_run = run_whole_and_resumed(images, tmp_path, model=sd_path, steps=4, batch_size=2, grad_accum=2,
+                                               checkpoint_every=2, progress=False)
+    whole, cut = unet_weights(whole_run), unet_weights(cut_run)
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
     assert [s for s, _ in checkpoints(tmp_path / "cut")] == [4]
     assert not list((tmp_path / "cut" / "checkpoints").glob(".*"))

@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from leakstyle import files, finetune as finetune_module, pipeline
 from leakstyle.cli import main
-from leakstyle.finetune import batch_indices, checkpoints, finetune, training_loss
+from leakstyle.finetune import batch_indices, finetune, training_loss
 from leakstyle.pipeline import load_pipeline
 from leakstyle.testing import SD15_SCHEDULE
 
 import family_pipelines
+from helpers import run_whole_and_resumed
 from helpers import write_images as shared_write_images
 
 FAST = dict(steps=2, batch_size=2, progress=False)
@@ -167,17 +168,8 @@ def test_a_lora_pixart_finetune_is_a_peft_adapter_that_loads_on_the_base_transfo
 
 @pytest.mark.parametrize("lora", [None, 2])
 def test_a_resumed_pixart_run_gives_the_same_weights_as_an_uninterrupted_one(tmp_path, images, alpha_path, lora):
-    options = dict(model=alpha_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2, lora=lora, progress=False)
-    finetune(images, tmp_path / "whole", **options)
-
-    def kill_after_step_3(step, loss):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(images, tmp_path / "cut", callback=kill_after_step_3, **options)
-    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
-    finetune(images, tmp_path / "cut", resume=True, **options)
+    run_whole_and_resumed(images, tmp_path, model=alpha_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2,
+                          lora=lora, progress=False)
     if lora:
         whole, cut = (load_file(tmp_path / run / "transformer_lora" / "adapter_model.safetensors") for run in ("whole", "cut"))
     else:

@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from leakstyle import files, finetune as finetune_module, pipeline
 from leakstyle.cli import main
 from leakstyle.conditioning import Crop, encode_text
-from leakstyle.finetune import LORA_FILE, batch_indices, checkpoints, crop_of, finetune, noise_schedule
+from leakstyle.finetune import LORA_FILE, batch_indices, crop_of, finetune, noise_schedule
 from leakstyle.images import resize_and_crop
 from leakstyle.pipeline import load_pipeline
 
-from helpers import run_error
+from helpers import run_error, run_whole_and_resumed
 
 # (width, height) of the style images: square, wide and tall, so each has its own size conditions
 SIZES = [(32, 32), (64, 32), (40, 100), (48, 48)]
@@ -182,18 +182,8 @@ def test_v_prediction_sdxl_trains_on_the_v_target(tmp_path, images, sdxl_path, s
 # -- resuming ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lora", [None, 2])
 def test_a_resumed_sdxl_run_gives_the_same_weights_as_an_uninterrupted_one(tmp_path, images, sdxl_path, lora):
-    options = dict(model=sdxl_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2, lora=lora, progress=False)
-    finetune(images, tmp_path / "whole", **options)
-
-    def kill_after_step_3(step, loss):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(images, tmp_path / "cut", callback=kill_after_step_3, **options)
-    assert [s for s, _ in checkpoints(tmp_path / "cut")] == [2]
-    (tmp_path / "cut" / "checkpoints" / ".step-000004.tmp").mkdir()  # a save killed half-way: ignored
-    finetune(images, tmp_path / "cut", resume=True, **options)
+    run_whole_and_resumed(images, tmp_path, model=sdxl_path, steps=4, batch_size=2, grad_accum=2, checkpoint_every=2,
+                          lora=lora, progress=False)
     if lora:
         whole, cut = load_file(tmp_path / "whole" / LORA_FILE), load_file(tmp_path / "cut" / LORA_FILE)
     else:
