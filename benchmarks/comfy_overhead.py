@@ -31,6 +31,16 @@ if str(ROOT / "src") not in sys.path:
 COLOR = "#1838d0"
 
 
+def color_grid() -> tuple[str, ...]:
+    """The 16 colours of issue 12's colour experiment (experiments/reproduce.py COLOR_GRID)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    return reproduce.COLOR_GRID
+
+
 def spread(values: list[float]) -> tuple[float, float, float]:
     """(median, min, max)."""
     return statistics.median(values), min(values), max(values)
@@ -47,7 +57,8 @@ def measure(quick: bool = False) -> dict:
     import torch
 
     from leakstyle import comfy as pack
-    from leakstyle.comfy.fitting import solve_decoding_to
+    from leakstyle.comfy.fitting import decoded_means, encode_color, solved_color
+    from leakstyle.encode import solve_decoding_to
     from leakstyle.encode import parse_color
 
     steps, rounds, batch, seed = (6, 3, 1, 1) if quick else (20, 9, 1, 1)
@@ -91,13 +102,27 @@ def measure(quick: bool = False) -> dict:
     denoised = torch.randn_like(leak["samples"])
     node_times = {"color": [], "latent": [], "calibrate": [], "encode": [], "shift": []}
     calls = {"color": color_node, "latent": latent_node, "calibrate": calibrate_node,
-             "encode": lambda: solve_decoding_to(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
+             "encode": lambda: solved_color(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
     for _ in range(10 if quick else 50):
         for name, f in calls.items():
             t0 = time.perf_counter()
             f()
             node_times[name].append(time.perf_counter() - t0)
     node_s = {name: statistics.median(v) for name, v in node_times.items()}
+    # A new colour over issue 12's 16 colours: the solve as the pack runs it (it stops within half a grey level of
+    # the colour), and how far that lands from Gauss-Newton run to its end (tolerance 0: three steps, or until no
+    # step helps), in decoded 8-bit levels and in latent units.
+    grid = color_grid()[:4] if quick else color_grid()
+    new_colour_s, level_gaps, z_gaps = [], [], []
+    for c in grid:
+        rgb = parse_color(c)
+        t0 = time.perf_counter()
+        z = solved_color(vae, rgb)
+        new_colour_s.append(time.perf_counter() - t0)
+        full = solve_decoding_to(lambda q: decoded_means(vae, q), encode_color(vae, rgb), rgb, tolerance=0.0)
+        levels = lambda q: ((decoded_means(vae, q[None])[0].clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+        level_gaps.append(float((levels(z) - levels(full)).abs().max()))
+        z_gaps.append(float((z - full).norm()))
     shift_s = steps * node_s["shift"]  # euler: one model call (both CFG halves batched) per step
     empty_s = statistics.median(times["empty"])
     pack_nodes = node_s["color"] + node_s["latent"] + node_s["calibrate"]
@@ -115,6 +140,10 @@ def measure(quick: bool = False) -> dict:
             "ratio_raw_sampler": statistics.median(raw_ratios), "ratio_raw_sampler_spread": spread(raw_ratios),
             "ratio_nodes": pack_nodes / empty_s,
             "ratio_new_colour": (node_s["encode"] + node_s["latent"] + node_s["calibrate"]) / empty_s,
+            "grid_colours": len(grid), "grid_new_colour_s": statistics.median(new_colour_s),
+            "grid_new_colour_max_s": max(new_colour_s),
+            "ratio_grid_new_colour": (statistics.median(new_colour_s) + node_s["latent"] + node_s["calibrate"]) / empty_s,
+            "grid_max_level_gap": max(level_gaps), "grid_max_z_gap": max(z_gaps),
             "shift_s": node_s["shift"], "ratio_closed_loop": shift_s / empty_s,
             "ratio_pack_total": (pack_nodes + shift_s) / empty_s,
             "ratio_latent_node": node_s["latent"] / empty_s, "times": times, "node_times": node_times}
@@ -144,6 +173,11 @@ def main() -> int:
     print(f"  (nodes + calibrated KSampler) / plain KSampler       {ratio('ratio_run')}  (target < 1.01)")
     print(f"  nodes / plain KSampler                               {m['ratio_nodes']:.4f}  (target < 0.01)")
     print(f"  nodes with a new colour (encode) / plain KSampler    {m['ratio_new_colour']:.4f}")
+    print(f"  a new colour, median over {m['grid_colours']} colours (max)        {1e3 * m['grid_new_colour_s']:.2f} ms "
+          f"({1e3 * m['grid_new_colour_max_s']:.2f} ms)")
+    print(f"  nodes with a new colour, median over the colours / plain  {m['ratio_grid_new_colour']:.4f}")
+    print(f"  the solve against Gauss-Newton to its end: decoded colour within {m['grid_max_level_gap']:.0f} "
+          f"8-bit levels, latent within {m['grid_max_z_gap']:.4f}")
     print(f"  closed loop ({m['steps']} shifts) / plain KSampler             {m['ratio_closed_loop']:.4f}")
     print(f"  nodes + closed loop / plain KSampler                 {m['ratio_pack_total']:.4f}  (target < 0.01)")
     return 0

@@ -298,6 +298,59 @@ def test_calibrated_mode_aims_at_the_latent_that_decodes_to_the_colour(sd):
         assert error(sd, decoding_to_color(sd, c), c) <= error(sd, color_to_model_units(sd, c), c)
 
 
+class CountingDecoder:
+    """A decoder's mean colour d(z) = A z + b + curve (A z)^2 [N, 3] in [-1, 1], counting its calls."""
+
+    def __init__(self, curve: float = 0.0):
+        g = torch.Generator().manual_seed(0)
+        self.A, self.b = torch.randn(3, 4, generator=g, dtype=torch.float64), 0.1 * torch.randn(3, dtype=torch.float64)
+        self.curve, self.calls = curve, 0
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        Az = z @ self.A.T
+        return Az + self.b + self.curve * Az ** 2
+
+
+RGB = (200, 40, 90)
+WANT = torch.tensor(RGB, dtype=torch.float64) / 127.5 - 1
+Z0 = torch.zeros(4, dtype=torch.float64)
+
+
+def grey_levels_off(d, z) -> float:
+    return 127.5 * float((d(z[None])[0] - WANT).norm())
+
+
+def test_the_decoder_inversion_of_a_linear_decoder_is_one_step_of_the_smallest_change():
+    """One batched call for the Jacobian, one for the step, and the step lands: z - z0 is the minimum-norm
+    solution of A dz = rgb - d(z0) (no part in A's null space)."""
+    from leakstyle.encode import solve_decoding_to
+
+    d = CountingDecoder()
+    z = solve_decoding_to(d, Z0, RGB)
+    assert d.calls == 2 and grey_levels_off(d, z) < 0.05
+    torch.testing.assert_close(z, torch.linalg.pinv(d.A) @ (WANT - d.b), atol=1e-3, rtol=0)
+
+
+def test_the_decoder_inversion_stops_within_half_a_grey_level_and_a_tighter_tolerance_goes_on():
+    from leakstyle.encode import solve_decoding_to
+
+    d = CountingDecoder(curve=0.1)
+    z = solve_decoding_to(d, Z0, RGB)
+    calls = d.calls
+    assert grey_levels_off(d, z) <= 0.5 and calls <= 6  # the Jacobian's batch and one try per step, 3 steps at most
+    tight = solve_decoding_to(d, Z0, RGB, tolerance=1e-6)
+    assert grey_levels_off(d, tight) < grey_levels_off(d, z) and d.calls - calls - 2 > calls
+
+
+def test_a_decoder_that_cannot_make_the_colour_keeps_the_start():
+    from leakstyle.encode import solve_decoding_to
+
+    d = CountingDecoder()
+    z = solve_decoding_to(lambda z: 0 * d(z), Z0, RGB)  # a decoder whose colour never moves
+    assert torch.equal(z, Z0) and d.calls == 4  # the Jacobian's batch, then the full, half and quarter steps
+
+
 def test_stable_video_diffusion_takes_a_calibrated_colour():
     """Its temporal decoder asks for the frame count, which decoding_to_color's flat latents must give."""
     import family_pipelines as fp

@@ -102,25 +102,36 @@ def model_units_to_rgb(vae, channel_means: torch.Tensor, size: int = 8) -> tuple
 
 
 def solve_decoding_to(decoded, z: torch.Tensor, rgb: tuple[int, int, int], iterations: int = 3, step: float = 0.05,
-                      damping: float = 1e-4) -> torch.Tensor:
+                      damping: float = 1e-4, tolerance: float = 0.5) -> torch.Tensor:
     """The per-channel means [C] near `z` whose flat latent decodes to `rgb`, `decoded` mapping means [N, C] to the
     decoded mean pixels [N, 3] in [-1, 1] (float64) of their flat latents.
 
     Damped Gauss-Newton on the decoded mean colour d(z), its Jacobian J [3, C] by forward differences of `step`:
     z <- z + J^T (J J^T + damping I)^-1 (rgb - d(z)) (the smallest change: C unknowns for 3 equations), or the half
-    or quarter step that decodes closer; it stops when no step helps, so a VAE that cannot make the colour (random
-    weights) keeps z."""
+    or quarter step when the full one does not decode closer (tried in that order, one decode each). It stops when
+    the decoded colour is within `tolerance` grey levels (0..255, Euclidean over R, G, B) of rgb, after
+    `iterations` steps, or when no step helps, so a VAE that cannot make the colour (random weights) keeps z.
+    Typically one step: C + 1 decodes for the Jacobian and one for the step."""
     want = torch.tensor(rgb, dtype=torch.float64) / 127.5 - 1.0
-    for _ in range(iterations):
-        out = decoded(torch.cat([z[None], z[None] + step * torch.eye(len(z), dtype=z.dtype)]))
-        J = ((out[1:] - out[0]) / step).T  # [3, C]
-        r = want - out[0]
-        dz = (J.T @ torch.linalg.solve(J @ J.T + damping * torch.eye(3, dtype=J.dtype), r)).to(z.dtype)
-        tries = torch.stack([z + f * dz for f in (1.0, 0.5, 0.25)])
-        misses = (decoded(tries) - want).norm(dim=1)
-        if misses.min() >= r.norm():
+    shifts = step * torch.eye(len(z), dtype=z.dtype)
+    close_enough = tolerance / 127.5
+    out = decoded(torch.cat([z[None], z[None] + shifts]))
+    at_z = out[0]
+    for i in range(iterations):
+        r = want - at_z
+        if r.norm() <= close_enough:
             break
-        z = tries[int(misses.argmin())]
+        if i > 0:
+            out = torch.cat([at_z[None], decoded(z[None] + shifts)])
+        J = ((out[1:] - out[0]) / step).T  # [3, C]
+        dz = (J.T @ torch.linalg.solve(J @ J.T + damping * torch.eye(3, dtype=J.dtype), r)).to(z.dtype)
+        for f in (1.0, 0.5, 0.25):
+            at_try = decoded((z + f * dz)[None])[0]
+            if (want - at_try).norm() < r.norm():
+                z, at_z = z + f * dz, at_try
+                break
+        else:
+            break
     return z
 
 

@@ -132,9 +132,14 @@ def decoded_means(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(flat).double().mean((1, 2)).cpu()[..., :3] * 2 - 1
 
 
+def solved_color(vae, rgb: tuple[int, int, int]) -> torch.Tensor:
+    """The raw latent means [C] (float64) whose flat latent `vae` decodes to `rgb` (the library's
+    encode.decoding_to_color with a ComfyUI VAE), worked out anew: the 64 px flat image's encoding, corrected by
+    encode.solve_decoding_to."""
+    return solve_decoding_to(lambda z: decoded_means(vae, z), encode_color(vae, rgb), rgb)
+
+
 def decoding_color(vae, color: str) -> torch.Tensor:
-    """The raw latent means [C] (float64) whose flat latent `vae` decodes to `color`: calibrated colour's target
-    (the library's encode.decoding_to_color), solved once per (VAE object, colour)."""
+    """Calibrated colour's target, solved_color, once per (VAE object, colour)."""
     rgb = parse_color(color)
-    return cached(vae, ("decoding", rgb), lambda: solve_decoding_to(lambda z: decoded_means(vae, z),
-                                                                      encode_color(vae, rgb), rgb))
+    return cached(vae, ("decoding", rgb), lambda: solved_color(vae, rgb))
