@@ -61,6 +61,7 @@ def test_generate_writes_pngs_with_parameters_and_baselines(tmp_path, style_file
     assert "Seed: 6" in Image.open(out / "0001-seed6.png").text["parameters"]
     assert json.loads(Image.open(out / "0000-seed5-baseline.png").text["leakstyle"])["style"] is None
     assert params["noise"] == "standard"  # N(0, I): not a Diffusion-in-Style model
+    assert params["guidance"] == 7.5  # without --guidance: the pipeline's own default, recorded
 
 
 def test_generate_is_reproducible_and_the_style_changes_the_image(tmp_path, style_file, sd_path):

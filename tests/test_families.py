@@ -245,6 +245,31 @@ def test_generate_animates_an_image_with_stable_video_diffusion(svd):
         ls.generate(svd, style=a_style(), num_frames=3, num_inference_steps=2, height=16, width=16)
 
 
+def test_without_a_guidance_scale_each_pipeline_takes_its_own(svd, pixart, monkeypatch):
+    """Stable Video Diffusion's guidance is the top of a per-frame ramp (3 by its own default): a text model's 7.5
+    must not reach it. PixArt's own default is 4.5."""
+    import functools
+
+    from leakstyle.pipecall import default_guidance
+
+    assert default_guidance(svd) == 3.0 and default_guidance(pixart) == 4.5
+    calls = []
+    run = type(svd).__call__
+
+    @functools.wraps(run)
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(svd), "__call__", recording)
+    ls.generate(svd, image=Image.new("RGB", (16, 16), "red"), style=a_style(), num_images=1, num_frames=3,
+                num_inference_steps=2, height=16, width=16)
+    assert calls[-1]["max_guidance_scale"] == 3.0 and calls[-1]["min_guidance_scale"] == 1.0
+    ls.generate(svd, image=Image.new("RGB", (16, 16), "red"), style=a_style(), num_images=1, num_frames=3,
+                num_inference_steps=2, height=16, width=16, guidance_scale=2.0)
+    assert calls[-1]["max_guidance_scale"] == 2.0
+
+
 def test_frames_are_refused_for_an_image_model(pixart):
     with pytest.raises(LeakstyleError, match="makes images, not videos"):
         initial_latents(pixart, a_style(), num_frames=4)

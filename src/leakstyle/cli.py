@@ -77,6 +77,7 @@ def cmd_generate(args) -> int:
     from .leak import image_size
     from .loading import EMBEDDED_NAME
     from .outputs import BASELINE, check_output_folder, next_index, write_numbered
+    from .pipecall import default_guidance
     from .pipeline import check_before_loading, check_generate_options, iter_generate, load_pipeline, noise_name
     from .schedulers import choose_scheduler, scheduler_name
     from .videofiles import frame_pngs, write_webps
@@ -99,6 +100,8 @@ def cmd_generate(args) -> int:
     if is_video(pipe) != (args.num_frames is not None):
         raise LeakstyleError(f"{args.model} is a video model: give --num-frames" if is_video(pipe) else
                              f"{args.model or 'this model'} makes images, not videos; leave out --num-frames")
+    if args.guidance is None:  # the model's own, recorded with the images
+        options.update(guidance_scale=default_guidance(pipe))
     if args.num_frames is not None:
         options.update(num_frames=args.num_frames, frames=args.frames)
     if init_image is not None:
@@ -114,7 +117,7 @@ def cmd_generate(args) -> int:
     scheduler = choose_scheduler(pipe.scheduler, args.scheduler, args.timestep_spacing)
     params = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                   scheduler=scheduler_name(scheduler), timestep_spacing=scheduler.config.get("timestep_spacing"),
-                  guidance=args.guidance, model=str(args.model or EMBEDDED_NAME), height=height, width=width,
+                  guidance=options["guidance_scale"], model=str(args.model or EMBEDDED_NAME), height=height, width=width,
                   leakstyle_version=__version__)
     leak_params = dict(style=str(args.style) if args.style else None,
                        style_sha256=file_digest(args.style) if args.style else None, color=color,
@@ -455,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                    help="how the inference timesteps are spread over the training ones; trailing starts at the last "
                         "(default: the scheduler config's)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's own, 7.5 for Stable Diffusion 1.x/2.x, "
+                        "5 for SDXL; for Stable Video Diffusion the top of its per-frame ramp, 3)")
     g.add_argument("--seed", type=int, default=0, help="image i uses seed + i; -1 draws a random seed, printed and "
                    "recorded in the PNGs (default: 0)")
     g.add_argument("--num-images", type=int, default=1, help="how many images")

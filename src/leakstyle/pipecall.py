@@ -26,6 +26,18 @@ def default_call_size(pipe) -> tuple[int, int] | None:
     return tuple(defaults) if all(isinstance(d, int) and not isinstance(d, bool) for d in defaults) else None
 
 
+DEFAULT_GUIDANCE = 7.5  # for pipelines whose __call__ gives no default guidance
+
+
+def default_guidance(pipe) -> float:
+    """The guidance scale the pipeline uses when given none: its __call__'s default for `guidance_scale`, or for
+    Stable Video Diffusion `max_guidance_scale` (the top of its per-frame ramp, 3.0); else DEFAULT_GUIDANCE."""
+    name = "max_guidance_scale" if animates_an_image(pipe) else "guidance_scale"
+    parameter = inspect.signature(pipe.__call__).parameters.get(name)
+    default = None if parameter is None else parameter.default
+    return float(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else DEFAULT_GUIDANCE
+
+
 def takes_latents(pipe) -> bool:
     return "latents" in parameters(pipe)
 

@@ -29,7 +29,7 @@ from .errors import LeakstyleError
 from .finetuned import finetuned_folder_record, load_finetuned, style_initial_latents
 from .leak import check_leak_inputs, check_strength, image_size, initial_latents, latent_shape
 from .loading import EMBEDDED_MODEL, load_diffusers, read_model_index, read_scheduler  # noqa: F401  (EMBEDDED_MODEL: this module's API)
-from .pipecall import call_pipeline, check_conditioning, takes_latents
+from .pipecall import call_pipeline, check_conditioning, default_guidance, takes_latents
 from .schedule import ZERO_SNR_FINETUNED_EXPLANATION, ZeroTerminalSNRWarning, leak_at_first_step, no_leak_explanation
 from .schedulers import SCHEDULERS, SPACINGS, choose_scheduler
 from .seeds import resolve_seed, sampler_seed
@@ -102,7 +102,7 @@ def check_number(name: str, value, at_least: int | None = None) -> None:
 
 
 def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
-                           guidance_scale: float = 7.5, strength: float = 1.0, batch_size: int | None = None,
+                           guidance_scale: float | None = None, strength: float = 1.0, batch_size: int | None = None,
                            height: int | None = None, width: int | None = None, color=None,
                            scheduler: str | None = None, timestep_spacing: str | None = None,
                            on_no_leak: str = "warn") -> int:
@@ -113,7 +113,8 @@ def check_generate_options(*, seed: int | None = 0, num_images: int = 1, num_inf
     check_number("the number of steps", num_inference_steps, at_least=1)
     if batch_size is not None:
         check_number("the batch size", batch_size, at_least=1)
-    check_number("the guidance scale", guidance_scale)
+    if guidance_scale is not None:
+        check_number("the guidance scale", guidance_scale)
     check_strength(strength)
     for name, side in (("height", height), ("width", width)):
         if side is not None:
@@ -184,7 +185,7 @@ def run_sampler(pipe, latents, prompts, negative_prompt, num_inference_steps, gu
 
 def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
                   strength: float = 1.0, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
-                  guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
+                  guidance_scale: float | None = None, negative_prompt: str | None = None, height: int | None = None,
                   width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
                   batch_size: int | None = 4, progress: bool = False, noise: StyleDistribution | None | str = "auto",
                   on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
@@ -206,6 +207,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
         raise LeakstyleError("this model is text-to-image: give a prompt")
     check_frames(frames)
     check_conditioning(pipe, prompt, image)
+    guidance_scale = default_guidance(pipe) if guidance_scale is None else guidance_scale
     num_frames = num_frames_of(pipe, num_frames)
     run_scheduler = choose_scheduler(pipe.scheduler, scheduler, timestep_spacing)
     height, width = image_size(pipe, height, width)
@@ -252,7 +254,7 @@ def iter_generate(pipe, prompt: str | list[str] | None = None, style: StyleDistr
 
 def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistribution | None = None, color=None,
              strength: float = 1.0, seed: int | None = 0, num_images: int = 1, num_inference_steps: int = 25,
-             guidance_scale: float = 7.5, negative_prompt: str | None = None, height: int | None = None,
+             guidance_scale: float | None = None, negative_prompt: str | None = None, height: int | None = None,
              width: int | None = None, scheduler: str | None = None, timestep_spacing: str | None = None,
              batch_size: int | None = None, progress: bool = False, noise: StyleDistribution | None | str = "auto",
              on_no_leak: str = "warn", num_frames: int | None = None, frames: str = "shared",
@@ -260,6 +262,8 @@ def generate(pipe, prompt: str | list[str] | None = None, style: StyleDistributi
     """Generate `num_images` images, image i from seed `seed + i`, starting from the leak of `style`/`color`.
 
     `seed` None or -1 draws a random first seed; each image's seed is in `image.info["seed"]`.
+    `guidance_scale` None is the pipeline's own default (pipecall.default_guidance: 7.5 for SD 1.x/2.x, 5 for
+    SDXL, 4.5 for PixArt; for Stable Video Diffusion, whose guidance ramps over the frames, its top, 3).
     `prompt` may be a list: one image per prompt (then num_images is its length), image i from prompt i.
 
     `color` is '#rrggbb' or per-channel model units [C]; `strength` in [0, 1] blends the style's low frequencies
