@@ -79,6 +79,22 @@ def test_report_refuses_to_overwrite_without_force(cli_report, sd_path, referenc
     assert "--force" in line and (cli_report / "report.json").read_bytes() == before
 
 
+def test_a_report_that_fails_while_writing_leaves_the_previous_one_as_it_was(cli_report, tmp_path, sd_path,
+                                                                             reference, monkeypatch, capsys):
+    out = tmp_path / "rep"
+    shutil.copytree(cli_report, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "samples_sheet", disk_full)  # after distributions.png, before the rest
+    line = run_error(["report", "--model", str(sd_path), "--reference", str(reference), "-n", "2", "--steps", "1",
+                      "--out", str(out), "--force"], capsys)
+    assert "No space left on device" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, no staging folder left
+
+
 def test_report_with_a_style_file_and_default_prompts(tmp_path, sd_path, reference):
     style = tmp_path / "style.safetensors"
     assert main(["fit", str(reference), "--model", str(sd_path), "--type", "pixel", "-o", str(style), "--quiet"]) == 0

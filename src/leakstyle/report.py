@@ -329,9 +329,29 @@ def run_report(pipe, reference: str | os.PathLike | Sequence[str | os.PathLike],
               **compute_metrics(sets, color_runs, n_boot, seed)}
     rows = [(name, images) for name, images in sets.items()] + [(f"colour {c}", r["leak"]) for c, r in color_runs.items()]
     with writing_into(out):  # created only now: a failed report leaves no empty folder
-        (out / "report.json").write_text(json.dumps(result, indent=1))
-        plot_distributions(sets, out / "distributions.png")
-        samples_sheet(rows, out / "samples.png")
+        return write_report(out, result, sets, rows, bool(colors))
+
+
+def write_report(out: Path, result: dict, sets: dict, rows: list, colors: bool) -> Path:
+    """The report's files, written first into a hidden folder inside `out` and moved into place only when all are
+    written, report.json (what marks a folder as holding a report) last: a failure leaves `out` as it was."""
+    import shutil
+    import tempfile
+
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+        plot_distributions(sets, staging / "distributions.png")
+        samples_sheet(rows, staging / "samples.png")
         if colors:
-            plot_colors(result, out / "colors.png")
-        return write_html(out, result)
+            plot_colors(result, staging / "colors.png")
+        write_html(staging, result)
+        (staging / "report.json").write_text(json.dumps(result, indent=1))
+        for name in ["distributions.png", "samples.png"] + ["colors.png"] * colors + ["report.html", "report.json"]:
+            os.replace(staging / name, out / name)
+    except OSError as e:
+        raise LeakstyleError(f"cannot write the report into {out}: {e.strerror or e}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out / "report.html"
