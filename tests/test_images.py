@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from leakstyle.errors import ImageError
+from leakstyle.sources import Batches, ImageFiles
 from leakstyle.images import (
     IMAGE_SUFFIXES,
     CorruptImageError,
-    ImageBatches,
     digest_paths,
     list_images,
     open_image,
@@ -208,9 +208,9 @@ def test_list_images_keeps_a_broken_link_in_a_folder_for_the_batches_to_skip(tmp
     noise(8, 8, seed=1).save(tmp_path / "b.png")
     (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
     paths = list_images([tmp_path])
-    batches = ImageBatches(paths, 8, 8)
-    assert sum(len(b) for b in batches) == 2
-    assert [p.name for p, _ in batches.skipped] == ["c.png"]
+    batches = Batches(ImageFiles(paths), 8, 8)
+    assert sum(len(b) for b in batches.pixels()) == 2
+    assert [Path(name).name for name, _ in batches.skipped] == ["c.png"]
 
 
 def test_open_image_raises_corrupt_image_error_for_a_non_image(tmp_path: Path) -> None:
@@ -281,45 +281,49 @@ def test_to_tensor_scales_to_minus_one_one_in_channel_first_order() -> None:
     assert to_tensor(Image.new("RGB", (1, 1), (51, 51, 51)))[0, 0, 0].item() == pytest.approx(51 / 127.5 - 1)
 
 
-# ImageBatches
+# batches of image files (sources.Batches of sources.ImageFiles)
 
 
 def make_images(folder: Path, count: int) -> list[Path]:
     return [save(noise(40, 30, seed=i), folder / f"{i:02d}.png") for i in range(count)]
 
 
+def image_batches(paths, width, height, **options) -> Batches:
+    return Batches(ImageFiles(paths), width, height, **options)
+
+
 def test_image_batches_yield_full_batches_then_a_partial_one(tmp_path: Path) -> None:
-    batches = ImageBatches(make_images(tmp_path, 5), width=24, height=16, batch_size=2)
-    shapes = [tuple(batch.shape) for batch in batches]
-    assert len(batches) == 5
-    assert shapes == [(2, 3, 16, 24), (2, 3, 16, 24), (1, 3, 16, 24)]
+    batches = image_batches(make_images(tmp_path, 5), width=24, height=16, batch_size=2)
+    assert [(tuple(pixels.shape), read) for pixels, read in batches] == [((2, 3, 16, 24), 2), ((2, 3, 16, 24), 2),
+                                                                         ((1, 3, 16, 24), 1)]
     assert batches.skipped == []
 
 
 def test_image_batches_skip_and_record_corrupt_images(tmp_path: Path) -> None:
     paths = make_images(tmp_path, 3)
     broken = truncated_png(tmp_path / "01b.png")
-    batches = ImageBatches(sorted([*paths, broken]), width=8, height=8, batch_size=2)
-    assert [len(batch) for batch in batches] == [2, 1]
-    assert [path for path, _ in batches.skipped] == [broken]
+    batches = image_batches(sorted([*paths, broken]), width=8, height=8, batch_size=2)
+    assert [len(pixels) for pixels in batches.pixels()] == [2, 1]  # 00, 01 | 01b (skipped), 02
+    assert [name for name, _ in batches.skipped] == [str(broken)]
     assert "truncated" in batches.skipped[0][1]
+
+
+def test_a_batch_of_corrupt_images_only_is_left_out_of_the_pixels_and_counted(tmp_path: Path) -> None:
+    broken = [truncated_png(tmp_path / f"{i}.png") for i in range(2)]
+    batches = image_batches([*broken, *make_images(tmp_path, 1)], width=8, height=8, batch_size=2)
+    assert [(None if pixels is None else len(pixels), read) for pixels, read in batches] == [(None, 2), (1, 1)]
+    assert [len(pixels) for pixels in batches.pixels()] == [1] and len(batches.skipped) == 2
 
 
 def test_image_batches_raise_on_the_first_corrupt_image_when_strict(tmp_path: Path) -> None:
     broken = truncated_png(tmp_path / "01b.png")
-    batches = ImageBatches(sorted([*make_images(tmp_path, 3), broken]), width=8, height=8, strict=True)
+    batches = image_batches(sorted([*make_images(tmp_path, 3), broken]), width=8, height=8, strict=True)
     with pytest.raises(CorruptImageError, match="01b.png"):
         list(batches)
 
 
-def test_image_batches_raise_when_every_image_is_corrupt(tmp_path: Path) -> None:
-    batches = ImageBatches([truncated_png(tmp_path / "a.png")], width=8, height=8)
-    with pytest.raises(ImageError, match="none of the 1 images"):
-        list(batches)
-
-
 def test_image_batches_never_skip_decompression_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    batches = ImageBatches(make_images(tmp_path, 2), width=8, height=8)
+    batches = image_batches(make_images(tmp_path, 2), width=8, height=8)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageError, match="decompression bomb"):
         list(batches)
@@ -329,7 +333,7 @@ def test_image_batches_repeat_with_the_same_seed_and_differ_across_seeds(tmp_pat
     paths = make_images(tmp_path, 4)
 
     def pixels(seed: int) -> torch.Tensor:
-        return torch.cat(list(ImageBatches(paths, 16, 16, random_crop=True, flip=True, seed=seed)))
+        return torch.cat(list(image_batches(paths, 16, 16, random_crop=True, flip=True, seed=seed).pixels()))
 
     assert torch.equal(pixels(3), pixels(3))
     assert not torch.equal(pixels(3), pixels(4))

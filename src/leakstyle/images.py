@@ -1,4 +1,4 @@
-"""Image inputs: user paths -> decoded RGB images -> batches of pixels in [-1, 1] for fitting."""
+"""Image inputs: user paths -> decoded RGB images -> pixels in [-1, 1] (sources.Batches batches them for fitting)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -196,58 +195,3 @@ def image_rng(seed: int, index: int) -> random.Random:
     so that a seed gives every image the same crop however the list is batched, skipped or split across processes."""
     return random.Random(f"{seed}/{index}")
 
-
-@dataclass
-class ImageBatches:
-    """Batches [B, 3, H, W] in [-1, 1] of the images at ``paths``, decoded lazily one batch at a time.
-
-    Corrupt images are skipped and listed in ``skipped`` as (path, reason), or raise
-    CorruptImageError with ``strict``. Image i's crop and flip come from ``image_rng(seed, i)``,
-    so a seed reproduces every batch, whichever images were skipped.
-    """
-
-    paths: list[Path]
-    width: int
-    height: int
-    batch_size: int = 8
-    random_crop: bool = False
-    flip: bool = False
-    seed: int = 0
-    strict: bool = False
-    skipped: list[tuple[Path, str]] = field(default_factory=list, init=False)
-
-    def __post_init__(self) -> None:
-        self.paths = [Path(p) for p in self.paths]
-        if self.batch_size <= 0:
-            raise ImageError(f"batch size must be positive, got {self.batch_size}")
-        if self.width <= 0 or self.height <= 0:
-            raise ImageError(f"resolution must be positive, got {self.width}x{self.height}")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _load(self, index: int) -> torch.Tensor:
-        rng = image_rng(self.seed, index)
-        image = open_image(self.paths[index])
-        image = resize_and_crop(image, self.width, self.height, self.random_crop, self.flip, rng)
-        return to_tensor(image)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        self.skipped = []
-        batch: list[torch.Tensor] = []
-        for index, path in enumerate(self.paths):
-            try:
-                batch.append(self._load(index))
-            except CorruptImageError as exc:
-                if self.strict:
-                    raise
-                self.skipped.append((path, exc.reason))
-                continue
-            if len(batch) == self.batch_size:
-                yield torch.stack(batch)
-                batch = []
-        if batch:
-            yield torch.stack(batch)
-        if self.paths and len(self.skipped) == len(self.paths):
-            first, reason = self.skipped[0]
-            raise ImageError(f"none of the {len(self.paths)} images could be decoded (first: {first}: {reason})")

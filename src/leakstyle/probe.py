@@ -146,12 +146,13 @@ def reference_size(pipe, height: int, width: int) -> int:
 def sigma_m_of_references(pipe, height: int, width: int, folder: Path = REFERENCE_IMAGES) -> torch.Tensor:
     """sigma_m [C]: the standard deviation over the reference images of each channel's mean, in model units."""
     from .encode import encode, vae_of
-    from .images import ImageBatches, list_images
+    from .images import list_images
+    from .sources import Batches, ImageFiles
 
     vae = vae_of(pipe)
     size = reference_size(pipe, height, width)
     means = []
-    for pixels in ImageBatches(list_images([folder]), size, size, batch_size=8):
+    for pixels in Batches(ImageFiles(list_images([folder])), size, size).pixels():
         x = encode(vae, pixels) if vae is not None else pixels
         means.append(x.double().mean((2, 3)).cpu())
     return torch.cat(means).std(0)

@@ -443,3 +443,7 @@ class Batches:
                 else:
                     pixels.append(item.pixels)
             yield (torch.stack(pixels) if pixels else None), len(items)
+
+    def pixels(self) -> Iterator[torch.Tensor]:
+        """The batches alone, without the counts; a batch whose images were all skipped is left out."""
+        return (pixels for pixels, _ in self if pixels is not None)

@@ -18,8 +18,9 @@ from .. import __version__
 from ..distribution import StyleDistribution
 from ..encode import parse_color, solve_decoding_to
 from ..errors import ImageError, LeakstyleError
-from ..images import ImageBatches, digest_paths, list_images, open_image
+from ..images import digest_paths, list_images, open_image
 from ..moments import Moments
+from ..sources import Batches, ImageFiles
 from .units import model_units, process_in
 
 MIN_IMAGES = 2  # an unbiased variance needs two samples
@@ -84,7 +85,7 @@ def fit_folder(folder: str | os.PathLike, vae, model, kind: str = "dct", compone
     width, height = width // f * f, height // f * f
     if width == 0 or height == 0:
         raise ImageError(f"{paths[0]} is smaller than {f} pixels; use larger images")
-    pixels = ImageBatches(paths, width, height, batch_size=BATCH)
+    pixels = Batches(ImageFiles(paths), width, height, batch_size=BATCH).pixels()  # corrupt images skipped
     batches = ((p.movedim(1, -1) + 1) / 2 for p in pixels)  # [-1, 1] channels-first -> ComfyUI's [0, 1] channels-last
     return fit_batches(batches, vae, model, kind, components, {"resolution": f"{width}x{height}",
                                                         "source_digest": digest_paths(paths)})

@@ -11,8 +11,9 @@ import math
 
 import torch
 
-from ..images import ImageBatches, list_images
+from ..images import list_images
 from ..probe import MAX_REFERENCE_SIDE, REFERENCE_IMAGES, REFERENCE_SOURCE, assess, sigma_m_of_style, snr_element
+from ..sources import Batches, ImageFiles
 from .fitting import vae_factor
 from .sampling import abar, counts_as_sigma_max, leak_verdict, model_sampling
 from .units import process_in, to_model_units
@@ -27,7 +28,7 @@ def sigma_m_of_references(vae, model, height: int, width: int) -> torch.Tensor:
     step = 8 * vae_factor(vae)
     size = max(step, min(MAX_REFERENCE_SIDE, max(height, width)) // step * step)
     means = []
-    for pixels in ImageBatches(list_images([REFERENCE_IMAGES]), size, size, batch_size=8):
+    for pixels in Batches(ImageFiles(list_images([REFERENCE_IMAGES])), size, size).pixels():
         z = vae.encode(((pixels + 1) / 2).movedim(1, -1))
         means.append(process_in(model, z).double().mean((2, 3)).cpu())
     return torch.cat(means).std(0)
