@@ -508,6 +508,9 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
         Row(f"4. the nodes with a calibrated colour not seen before (median over {m['grid_colours']} colours) / KSampler run",
             ms(m["grid_new_colour_s"] + m["latent_node_s"] + m["calibrate_node_s"]), f"{m['ksampler_empty_s']:.3g} s",
             m["ratio_grid_new_colour"], "< 0.01", m["ratio_grid_new_colour"] < 0.01),
+        Row(f"4. the nodes with a raw colour not seen before (median over {m['grid_colours']} colours) / KSampler run",
+            ms(m["grid_new_raw_colour_s"] + m["latent_node_s"]), f"{m['ksampler_empty_s']:.3g} s",
+            m["ratio_grid_new_raw_colour"], "< 0.01", m["ratio_grid_new_raw_colour"] < 0.01),
     ]
     return rows, {k: v for k, v in m.items()}
 
