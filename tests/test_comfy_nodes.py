@@ -319,6 +319,27 @@ def test_a_colour_is_encoded_once_per_vae_and_colour(pack, embedded, monkeypatch
     assert len(calls) == 3  # another colour: another encode (and the direct one above)
 
 
+@pytest.mark.parametrize("first_mode", ["calibrated", "raw"])
+def test_both_colour_modes_share_the_colours_one_encode(pack, embedded, monkeypatch, first_mode):
+    """Calibrated mode starts its solve from raw mode's cached encoding: one 64 px encode per VAE and colour
+    whichever mode asks first, and the calibrated latent is what a solve from a fresh encode gives."""
+    from leakstyle.comfy.fitting import solved_color
+    from leakstyle.encode import parse_color
+
+    _, _, vae = embedded
+    color = "#7a3fb1" if first_mode == "calibrated" else "#7a3fb2"
+    calls = []
+    encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda pixels: calls.append(pixels.shape) or encode(pixels))
+    color_node = node(pack, "LeakstyleColor")
+    modes = [first_mode, "raw" if first_mode == "calibrated" else "calibrated"]
+    styles = {mode: color_node.color(vae, color, 1.0, mode=mode)[0] for mode in modes}
+    assert calls == [(1, 64, 64, 3)]
+    fresh = solved_color(vae, parse_color(color))
+    torch.testing.assert_close(styles["calibrated"].channel_means().double(), fresh, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(styles["raw"].channel_means().double(), fresh, atol=1e-3)
+
+
 @pytest.mark.parametrize("color", ["#505050", "#d01818", "#1838d0"])
 def test_a_calibrated_colour_is_the_latent_that_decodes_to_the_colour(pack, embedded, color):
     """The library's calibrated target (encode.decoding_to_color) with ComfyUI's VAE: the flat latent of the

@@ -133,14 +133,16 @@ def decoded_means(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(flat).double().mean((1, 2)).cpu()[..., :3] * 2 - 1
 
 
-def solved_color(vae, rgb: tuple[int, int, int]) -> torch.Tensor:
+def solved_color(vae, rgb: tuple[int, int, int], start: torch.Tensor | None = None) -> torch.Tensor:
     """The raw latent means [C] (float64) whose flat latent `vae` decodes to `rgb` (the library's
-    encode.decoding_to_color with a ComfyUI VAE), worked out anew: the 64 px flat image's encoding, corrected by
-    encode.solve_decoding_to."""
-    return solve_decoding_to(lambda z: decoded_means(vae, z), encode_color(vae, rgb), rgb)
+    encode.decoding_to_color with a ComfyUI VAE), worked out anew: encode.solve_decoding_to from `start`, the 64 px
+    flat image's encoding (encode_color, computed here when not given)."""
+    start = encode_color(vae, rgb) if start is None else start
+    return solve_decoding_to(lambda z: decoded_means(vae, z), start, rgb)
 
 
 def decoding_color(vae, color: str) -> torch.Tensor:
-    """Calibrated colour's target, solved_color, once per (VAE object, colour)."""
+    """Calibrated colour's target, solved_color, once per (VAE object, colour); it starts from raw_color, so the
+    colour's 64 px encode is shared with raw mode (one encode per VAE and colour, whichever mode asks first)."""
     rgb = parse_color(color)
-    return cached(vae, ("decoding", rgb), lambda: solved_color(vae, rgb))
+    return cached(vae, ("decoding", rgb), lambda: solved_color(vae, rgb, raw_color(vae, color)))
