@@ -46,3 +46,26 @@ def run_whole_and_resumed(images, tmp_path, **options):
     (tmp_path / "cut" / "checkpoints" / ".step-000004.tmp").mkdir()  # a save killed half-way: ignored
     finetune(images, tmp_path / "cut", resume=True, **options)
     return tmp_path / "whole", tmp_path / "cut"
+
+
+def on_each_loaded_pipeline(monkeypatch, module, do):
+    """Patch `module.load_pipeline` so that each pipeline it loads goes through do(pipe) before it is returned;
+    returns the list of what do() returned, one entry per load, filled as the pipelines load."""
+    results, load = [], module.load_pipeline
+
+    def load_and_do(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        results.append(do(pipe))
+        return pipe
+
+    monkeypatch.setattr(module, "load_pipeline", load_and_do)
+    return results
+
+
+def keyword_inputs(monkeypatch, module, part):
+    """The keyword arguments the denoiser `part` ('unet', 'transformer') of every pipeline that
+    `module.load_pipeline` loads receives at each call, in order."""
+    seen = []
+    on_each_loaded_pipeline(monkeypatch, module, lambda pipe: getattr(pipe, part).register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True))
+    return seen

@@ -20,7 +20,7 @@ from leakstyle.schedule import leak_at_first_step
 from leakstyle.schedulers import make_scheduler
 from leakstyle.testing import SD15_SCHEDULE
 
-from helpers import run_error, run_whole_and_resumed
+from helpers import on_each_loaded_pipeline, run_error, run_whole_and_resumed
 from helpers import write_images as shared_write_images
 
 FAST = dict(steps=2, batch_size=2, progress=False)
@@ -190,14 +190,7 @@ def test_cli_finetune_then_generate_draws_x_T_from_the_style(tmp_path, images, s
     out = tmp_path / "cli"
     assert main(["finetune", str(images), "--model", str(sd_path), "--out", str(out), "--steps", "1", "--lora", "2",
                  "--batch-size", "2", "--quiet"]) == 0
-    hooks, load = [], pipeline.load_pipeline
-
-    def load_and_hook(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        hooks.append(first_unet_input(pipe.unet))
-        return pipe
-
-    monkeypatch.setattr(pipeline, "load_pipeline", load_and_hook)
+    hooks = on_each_loaded_pipeline(monkeypatch, pipeline, lambda pipe: first_unet_input(pipe.unet))
     assert main(["generate", "--model", str(out), "--prompt", "a cat", "--seed", "4", "--steps", "2", "--guidance", "1",
                  "--out", str(tmp_path / "gen"), "--quiet"]) == 0
     eps_style = files.load(out / "style.safetensors").sample(1, 16, 16, generator=torch.Generator().manual_seed(4))

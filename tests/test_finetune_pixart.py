@@ -17,7 +17,7 @@ from leakstyle.pipeline import load_pipeline
 from leakstyle.testing import SD15_SCHEDULE
 
 import family_pipelines
-from helpers import run_whole_and_resumed
+from helpers import keyword_inputs, on_each_loaded_pipeline, run_whole_and_resumed
 from helpers import write_images as shared_write_images
 
 FAST = dict(steps=2, batch_size=2, progress=False)
@@ -57,15 +57,7 @@ def transformer_weights(folder):
 
 def recording(monkeypatch):
     """What the transformer receives at each training step (its keyword arguments), through finetune's loader."""
-    seen, load = [], finetune_module.load_pipeline
-
-    def load_and_hook(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
-        return pipe
-
-    monkeypatch.setattr(finetune_module, "load_pipeline", load_and_hook)
-    return seen
+    return keyword_inputs(monkeypatch, finetune_module, "transformer")
 
 
 # -- conditioning ------------------------------------------------------------------------------------
@@ -179,14 +171,7 @@ def test_a_resumed_pixart_run_gives_the_same_weights_as_an_uninterrupted_one(tmp
 
 # -- generating --------------------------------------------------------------------------------------
 def test_cli_generate_from_a_pixart_finetune_draws_x_T_from_the_style(tmp_path, full_run, monkeypatch, first_unet_input):
-    hooks, load = [], pipeline.load_pipeline
-
-    def load_and_hook(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        hooks.append(first_unet_input(pipe.transformer))
-        return pipe
-
-    monkeypatch.setattr(pipeline, "load_pipeline", load_and_hook)
+    hooks = on_each_loaded_pipeline(monkeypatch, pipeline, lambda pipe: first_unet_input(pipe.transformer))
     assert main(["generate", "--model", str(full_run), "--prompt", "a cat", "--seed", "4", "--steps", "2",
                  "--guidance", "1", "--out", str(tmp_path / "gen"), "--quiet"]) == 0
     eps_style = files.load(full_run / "style.safetensors").sample(1, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -18,7 +18,7 @@ from leakstyle.finetune import LORA_FILE, batch_indices, crop_of, finetune, nois
 from leakstyle.images import resize_and_crop
 from leakstyle.pipeline import load_pipeline
 
-from helpers import run_error, run_whole_and_resumed
+from helpers import keyword_inputs, on_each_loaded_pipeline, run_error, run_whole_and_resumed
 
 # (width, height) of the style images: square, wide and tall, so each has its own size conditions
 SIZES = [(32, 32), (64, 32), (40, 100), (48, 48)]
@@ -85,14 +85,7 @@ def test_crop_of_says_where_the_centre_crop_of_resize_and_crop_lies(size, target
 
 
 def test_each_training_image_conditions_the_unet_with_its_caption_and_sizes(tmp_path, images, sdxl_path, monkeypatch):
-    seen, load = [], finetune_module.load_pipeline
-
-    def load_and_hook(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
-        return pipe
-
-    monkeypatch.setattr(finetune_module, "load_pipeline", load_and_hook)
+    seen = keyword_inputs(monkeypatch, finetune_module, "unet")
     finetune(images, tmp_path / "run", model=sdxl_path, steps=2, batch_size=3, progress=False)
     reference = load_pipeline(sdxl_path, device="cpu")
     captions = [f"line drawing number {i}" for i in range(len(SIZES))]
@@ -197,14 +190,7 @@ def test_cli_finetune_then_generate_draws_sdxl_x_T_from_the_style(tmp_path, imag
     out = tmp_path / "cli"
     assert main(["finetune", str(images), "--model", str(sdxl_path), "--out", str(out), "--steps", "1",
                  "--batch-size", "2", "--quiet"]) == 0
-    hooks, load = [], pipeline.load_pipeline
-
-    def load_and_hook(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        hooks.append(first_unet_input(pipe.unet))
-        return pipe
-
-    monkeypatch.setattr(pipeline, "load_pipeline", load_and_hook)
+    hooks = on_each_loaded_pipeline(monkeypatch, pipeline, lambda pipe: first_unet_input(pipe.unet))
     assert main(["generate", "--model", str(out), "--prompt", "a cat", "--seed", "4", "--steps", "2", "--guidance", "1",
                  "--scheduler", "ddim", "--out", str(tmp_path / "gen"), "--quiet"]) == 0
     eps_style = files.load(out / "style.safetensors").sample(1, 16, 16, generator=torch.Generator().manual_seed(4))
