@@ -256,6 +256,15 @@ def test_the_app_builds_with_the_models_size_and_schedulers(model):
             "status", "results", "downloads"} <= set(config)
 
 
+def test_the_guidance_slider_starts_at_the_pipelines_own_default_and_runs_record_what_was_used(model, sdxl_path):
+    sdxl = ui.open_model(sdxl_path, device="cpu")
+    sliders = {m.name: {c.elem_id: c for c in ui.build_app(m).blocks.values()
+                        if getattr(c, "elem_id", None)}["guidance"].value for m in (model, sdxl)}
+    assert sliders == {model.name: 7.5, sdxl.name: 5.0}  # StableDiffusionPipeline's and StableDiffusionXLPipeline's
+    result = ui.run(sdxl, "a cat", seed=1, steps=2)  # no guidance given: the pipeline's own
+    assert json.loads(Image.open(result.files[0]).text["leakstyle"])["guidance"] == 5.0
+
+
 def test_cli_ui_without_a_model_is_a_one_line_error(tmp_path, capsys):
     assert main(["ui", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -44,6 +44,7 @@ from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
 from .loading import EMBEDDED_NAME
+from .pipecall import default_guidance
 from .pipeline import iter_generate, load_pipeline, noise_name
 from .png import png_bytes
 from .probe import verdict_line
@@ -168,7 +169,7 @@ def style_for(model: Model, source: str, images: list[str] | None = None, style_
 
 
 def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 25,
-        scheduler: str | None = None, guidance: float = 7.5, num_images: int = 1, width: int | None = None,
+        scheduler: str | None = None, guidance: float | None = None, num_images: int = 1, width: int | None = None,
         height: int | None = None, style: Style | None = None, color: str | None = None, strength: float = 1.0,
         out: Path | None = None, progress: Progress = no_progress, color_mode: str = "calibrated") -> Result:
     """Generate from the leak of `style`/`color`, and from pure noise with the same seeds (image i: seed + i).
@@ -179,12 +180,13 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     `leakstyle generate --baseline` names them. A colour is aimed at in `color_mode` (calibrated by default, as in
     the CLI; see leakstyle.color)."""
     pipe = model.pipe  # the inputs are checked by iter_generate, before any sampling
+    guidance = default_guidance(pipe) if guidance is None else float(guidance)
     pipe.scheduler = make_scheduler(scheduler, model.scheduler.config) if scheduler else model.scheduler
     height, width = image_size(pipe, int(height or 0) or None, int(width or 0) or None)
     color = hex_color(color) if color else None
     n = int(num_images)
     common = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_images=n, batch_size=BATCH_SIZE,
-                  num_inference_steps=int(steps), guidance_scale=float(guidance), height=height, width=width)
+                  num_inference_steps=int(steps), guidance_scale=guidance, height=height, width=width)
 
     def in_batches(label: str, start: float, **kwargs) -> list[Image.Image]:
         progress(start, f"{label} 0/{n}")
@@ -207,7 +209,7 @@ def run(model: Model, prompt: str, negative_prompt: str = "", seed: int = 0, ste
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(seed) + i for i in range(int(num_images))]
     params = dict(prompt=prompt, negative_prompt=negative_prompt or None, steps=int(steps),
-                  scheduler=scheduler_name(pipe.scheduler), guidance=float(guidance), model=model.name, height=height,
+                  scheduler=scheduler_name(pipe.scheduler), guidance=guidance, model=model.name, height=height,
                   width=width, leakstyle_version=__version__)
     leak_params = dict(noise=noise_name(pipe), style=style.name if style else None,
                        style_sha256=hashlib.sha256(style.file.read_bytes()).hexdigest() if style else None,
@@ -362,7 +364,8 @@ def build_app(model: Model) -> gr.Blocks:
                     scheduler = gr.Dropdown(list(SCHEDULERS) if own in SCHEDULERS else [own, *SCHEDULERS], value=own,
                                             label="Scheduler", elem_id="scheduler")
                 with gr.Row():
-                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                    guidance = gr.Slider(0, 20, value=default_guidance(pipe), step=0.5, label="Guidance", elem_id="guidance",
+                                         info="the model's own default to start with")
                     num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="num-images")
                 with gr.Row():
                     width_in = gr.Slider(step, 4 * width, value=width, step=step, label="Width", elem_id="width")
