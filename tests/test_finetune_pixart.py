@@ -78,6 +78,20 @@ def test_each_training_image_conditions_pixart_with_its_caption_as_the_pipeline_
         assert kwargs["added_cond_kwargs"] == {"resolution": None, "aspect_ratio": None}  # a 16 px model takes none
 
 
+def test_captions_are_cleaned_as_the_pixart_pipeline_cleans_them_at_inference(alpha_path):
+    """PixArt's __call__ cleans captions by default (URLs, HTML, case) with beautifulsoup4 and ftfy, which the
+    `pixart` extra installs; without them diffusers warns and skips the cleaning."""
+    from leakstyle.conditioning import encode_pixart_text
+
+    pipe = DiffusionPipeline.from_pretrained(alpha_path)
+    messy, messy_mask = encode_pixart_text(pipe, ["Line <b>Drawing</b> of a cat https://example.com/cat.png"])
+    clean, clean_mask = encode_pixart_text(pipe, ["line drawing of a cat ."])  # what the pipeline's cleaning leaves
+    assert pipe._text_preprocessing("Line <b>Drawing</b> of a cat https://example.com/cat.png", clean_caption=True) \
+        == ["line drawing of a cat ."]
+    assert torch.equal(messy_mask, clean_mask)
+    torch.testing.assert_close(messy, clean, rtol=0, atol=0)
+
+
 def test_a_pixart_that_takes_size_conditions_gets_those_the_pipeline_passes_at_that_size(tmp_path, images, monkeypatch):
     """PixArt-alpha at 1024 px (sample_size 128) is conditioned on (height, width) and height / width."""
     base = family_pipelines.pixart()
