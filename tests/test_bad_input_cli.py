@@ -6,8 +6,9 @@ import errno
 import os
 
 import pytest
+import torch
 
-from leakstyle import files
+from leakstyle import files, pipeline
 from leakstyle.cli import build_parser, main
 from leakstyle.errors import LeakstyleError
 from leakstyle.outputs import writing_into
@@ -107,6 +108,48 @@ def test_fit_checks_the_resolution_before_reading_any_image(tmp_path, sd_path, c
     line = run_error(["fit", str(tmp_path / "missing"), "--model", str(sd_path), "--resolution", "7",
                       "-o", str(tmp_path / "s.st")], capsys)
     assert "VAE factor" in line
+
+
+# -- sizes no memory holds ----------------------------------------------------------------------------
+def test_fit_refuses_a_resolution_no_machine_has_the_memory_for_before_reading_any_image(tmp_path, images, sd_path,
+                                                                                          capsys):
+    """Resizing to such a size would take more than the RAM, and Linux kills such a process without a word."""
+    line = run_error(["fit", str(images), "--model", str(sd_path), "--resolution", "8000000", "--batch-size", "2",
+                      "-o", str(tmp_path / "s.st")], capsys)
+    assert "batches of 2 images of 8000000x8000000 need at least 1.71 PiB, more than the" in line
+    assert "of this machine's RAM; use a smaller resolution or batch size" in line
+    assert not (tmp_path / "s.st").exists()
+
+
+CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 3200000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError(CPU_ALLOCATOR), "could not allocate 2.98 GiB"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 8 GiB"),
+     "could not allocate 20.00 GiB"),
+    (MemoryError(), "out of memory"),
+])
+def test_running_out_of_memory_while_generating_is_one_line_naming_the_size_options(tmp_path, sd_path, monkeypatch,
+                                                                                    capsys, error, reason):
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pipeline, "sample_batch", out_of_memory)
+    line = run_error(["generate", "--model", str(sd_path), "--prompt", "a cat", "--steps", "1", "-o", str(tmp_path)],
+                     capsys)
+    assert line == (f"leakstyle: error: {reason} in generate; use smaller images (--width, --height) or fewer at once "
+                    f"(--batch-size)")
+
+
+def test_another_runtime_error_is_not_taken_for_running_out_of_memory(tmp_path, sd_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    monkeypatch.setattr(pipeline, "sample_batch", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["generate", "--model", str(sd_path), "--prompt", "a cat", "--steps", "1", "-o", str(tmp_path)])
 
 
 # -- fit: broken symbolic links among good images -------------------------------------------------------

@@ -113,6 +113,19 @@ def test_merge_of_shards_equals_one_fit(tmp_path, images, sd_path):
         torch.testing.assert_close(getattr(merged, name), getattr(whole, name), rtol=1e-4, atol=1e-4)
 
 
+def test_merge_refuses_a_file_given_twice_and_warns_of_copies_fitted_to_the_same_images(tmp_path, style_file, capsys):
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", str(style_file), str(style_file.parent / "." / style_file.name), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"leakstyle: error: {style_file.parent / '.' / style_file.name} is given "
+                                               f"twice; merge takes each shard's file once")
+    assert not out.exists()
+    copy = shutil.copy(style_file, tmp_path / "copy.safetensors")
+    assert main(["merge", str(style_file), str(copy), "-o", str(out)]) == 0
+    assert ("leakstyle: warning: styles 1 and 2 were fitted to the same images (the same source digest); merged, "
+            "those images count twice") in capsys.readouterr().err
+    assert files.load(out).image_count == 2 * files.load(style_file).image_count
+
+
 def test_console_script_runs():
     exe = shutil.which("leakstyle", path=str(__import__("pathlib").Path(sys.executable).parent))
     if exe is None:

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import LeakstyleError
+from .errors import LeakstyleError, out_of_memory
 from .extras import missing_extra
 from .png import png_bytes
 
@@ -247,6 +247,10 @@ def cmd_merge(args) -> int:
     from .fit import merge
 
     check_output(Path(args.output), args.force)
+    given = [Path(f).resolve() for f in args.files]
+    for j, path in enumerate(given):
+        if given.index(path) < j:
+            raise LeakstyleError(f"{args.files[j]} is given twice; merge takes each shard's file once")
     style = merge([load(f, lf_order=args.lf_order) for f in args.files])
     save(style, args.output, force=args.force)
     print(f"merged {len(args.files)} files ({style.image_count} images) -> {args.output}")
@@ -597,6 +601,14 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"leakstyle: warning: {message}", file=sys.stderr)
 
 
+def memory_advice(args) -> str:
+    """What a command that ran out of memory can be given instead: its size and batch options."""
+    size = (" (--resolution)" if hasattr(args, "resolution") else " (--width, --height)" if hasattr(args, "width")
+            else "")
+    advice = [f"smaller images{size}"] + (["fewer at once (--batch-size)"] if hasattr(args, "batch_size") else [])
+    return " or ".join(advice)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -626,6 +638,12 @@ def main(argv: list[str] | None = None) -> int:
         if error is None:
             raise
         print(f"leakstyle: error: {error}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError
+        reason = out_of_memory(e)
+        if reason is None:
+            raise
+        print(f"leakstyle: error: {reason} in {args.command}; use {memory_advice(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("leakstyle: interrupted", file=sys.stderr)

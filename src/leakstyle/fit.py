@@ -28,6 +28,10 @@ class SkippedImagesWarning(UserWarning):
     """Some images could not be read and were left out of the fit."""
 
 
+class SameImagesWarning(UserWarning):
+    """Styles merged were fitted to the same images, which the merge then counts more than once."""
+
+
 def model_name(pipe) -> str:
     """The model a style is fitted for, as its file records it: the hub id or folder the pipeline was loaded from,
     or `leakstyle/mini-sd` for the embedded model (its absolute install path differs between machines)."""
@@ -160,6 +164,12 @@ def merge(styles: Sequence[StyleDistribution]) -> StyleDistribution:
     if not styles:
         raise LeakstyleError("nothing to merge")
     first = styles[0]
+    digests = [s.metadata.get("source_digest", "") for s in styles]
+    for j, digest in enumerate(digests):
+        i = digests.index(digest)
+        if digest and i < j:
+            warnings.warn(f"styles {i + 1} and {j + 1} were fitted to the same images (the same source digest); "
+                          f"merged, those images count twice", SameImagesWarning, stacklevel=2)
     moments = first.to_moments()
     for s in styles[1:]:
         if s.metadata.get("space") != first.metadata.get("space"):

@@ -21,12 +21,14 @@ from typing import NamedTuple
 
 import torch
 
+from .devices import check_fits
 from .errors import ImageError, LeakstyleError
 from .images import (IMAGE_SUFFIXES, CorruptImageError, decode_image, digest_paths, image_rng, list_images,
                      open_image, resize_and_crop, to_tensor)
 
 SCALE_EXTRA = "pip install 'leakstyle[scale]'"
 TAR_SUFFIX = ".tar"
+BYTES_PER_PIXEL = 15  # a batch image decoded (RGB, 3 bytes) and as float32 pixels (12 bytes)
 IMAGE_EXTENSIONS = tuple(s.lstrip(".") for s in sorted(IMAGE_SUFFIXES))
 
 
@@ -422,6 +424,9 @@ class Batches:
             raise ImageError(f"--workers must be 0 (decode in this process) or more, got {self.workers}")
         if self.width <= 0 or self.height <= 0:
             raise ImageError(f"resolution must be positive, got {self.width}x{self.height}")
+        check_fits(self.batch_size * self.width * self.height * BYTES_PER_PIXEL,
+                   f"batches of {self.batch_size} images of {self.width}x{self.height}",
+                   "use a smaller resolution or batch size")
         self.skipped = []
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, int]]:
