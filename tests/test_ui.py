@@ -230,6 +230,14 @@ def test_a_corrupt_style_file_is_an_error_message(model, tmp_path):
                                                             style_file=str(tmp_path / "junk.safetensors"))
 
 
+def test_running_out_of_memory_is_an_error_message_that_names_what_to_lower(model, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    monkeypatch.setattr(ui, "iter_generate", out_of_memory)
+    assert error_text(model) == "**Error:** could not allocate 12.00 GiB: use a smaller width and height, or fewer images"
+
+
 def test_missing_inputs_are_error_messages(model):
     assert "upload a few style images" in error_text(model, source="fit images", images=[])
     assert "choose a style file" in error_text(model, source="style file")

@@ -39,7 +39,7 @@ from PIL import Image
 from . import __version__, metrics
 from .distribution import StyleDistribution
 from .encode import parse_color, to_hex
-from .errors import LeakstyleError
+from .errors import LeakstyleError, out_of_memory
 from .files import load, save
 from .fit import fit
 from .leak import image_size, vae_factor
@@ -306,6 +306,12 @@ def on_generate(model: Model, source: str, images, style_file, kind: str, compon
                          progress=progress, color_mode=color_mode)
     except LeakstyleError as e:
         return status(str(e), error=True), gr.skip(), gr.skip(), cached
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError
+        reason = out_of_memory(e)
+        if reason is None:
+            raise
+        text = status(f"{reason}: use a smaller width and height, or fewer images", error=True)
+        return text, gr.skip(), gr.skip(), cached
     # leakstyle's own warnings (skipped images, a schedule that leaks nothing) are for the user to read.
     notes = [str(w.message) for w in caught if w.category.__module__.startswith("leakstyle")] + result.messages
     n = len(result.seeds)
