@@ -8,7 +8,8 @@ Interleaved rounds of
     cancelled),
 (b) the raw path: the plain MODEL from the same kind of latent without the seed,
 (c) plain ComfyUI: the plain MODEL from EmptyLatentImage of the same latent size;
-and the time of the pack's own nodes over many calls: LeakstyleColor (a calibrated colour's latent, the VAE
+and the time of the pack's own nodes over many calls (with ComfyUI's VAE Decode of the sampled latent, which
+every workflow runs after KSampler, for scale): LeakstyleColor (a calibrated colour's latent, the VAE
 encode of a 64 px flat image refined by Gauss-Newton steps on the decoded colour, is kept per VAE and colour, so
 a repeated colour is a look-up; working it out is timed apart, as the cost of a new colour), LeakstyleLeakLatent,
 LeakstyleCalibrateModel, and the closed loop's shift of x0 (once per model call). Needs ComfyUI (COMFYUI_PATH or ../shared/ComfyUI)
@@ -100,9 +101,11 @@ def measure(quick: bool = False) -> dict:
     # The nodes take milliseconds: time them over more calls than the sampler.
     hold = calibrated_model.model_options["sampler_post_cfg_function"][-1]  # the closed loop, once per model call
     denoised = torch.randn_like(leak["samples"])
-    node_times = {"color": [], "latent": [], "calibrate": [], "encode": [], "shift": []}
+    node_times = {"color": [], "latent": [], "calibrate": [], "encode": [], "shift": [], "vae_decode": []}
+    sampled = ksampler(model, empty)
     calls = {"color": color_node, "latent": latent_node, "calibrate": calibrate_node,
-             "encode": lambda: solved_color(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised})}
+             "encode": lambda: solved_color(vae, parse_color(COLOR)), "shift": lambda: hold({"denoised": denoised}),
+             "vae_decode": lambda: nodes.VAEDecode().decode(vae, sampled)}  # what every workflow ends with, for scale
     for _ in range(10 if quick else 50):
         for name, f in calls.items():
             t0 = time.perf_counter()
@@ -149,7 +152,7 @@ def measure(quick: bool = False) -> dict:
             "grid_max_level_gap": max(level_gaps), "grid_max_z_gap": max(z_gaps),
             "grid_new_raw_colour_s": statistics.median(new_raw_s),
             "ratio_grid_new_raw_colour": (statistics.median(new_raw_s) + node_s["latent"]) / empty_s,
-            "shift_s": node_s["shift"], "ratio_closed_loop": shift_s / empty_s,
+            "shift_s": node_s["shift"], "ratio_closed_loop": shift_s / empty_s, "vae_decode_s": node_s["vae_decode"],
             "ratio_pack_total": (pack_nodes + shift_s) / empty_s,
             "ratio_latent_node": node_s["latent"] / empty_s, "times": times, "node_times": node_times}
 
@@ -186,6 +189,7 @@ def main() -> int:
     print(f"  the solve against Gauss-Newton to its end: decoded colour within {m['grid_max_level_gap']:.0f} "
           f"8-bit levels, latent within {m['grid_max_z_gap']:.4f}")
     print(f"  closed loop ({m['steps']} shifts) / plain KSampler             {m['ratio_closed_loop']:.4f}")
+    print(f"  for scale: ComfyUI's VAE Decode of the sampled latent    {1e3 * m['vae_decode_s']:.2f} ms")
     print(f"  nodes + closed loop / plain KSampler                 {m['ratio_pack_total']:.4f}  (target < 0.01)")
     return 0
 

@@ -514,6 +514,8 @@ def figure_comfy(quick: bool) -> tuple[list[Row], dict]:
         Row(f"4. the nodes with a raw colour not seen before (median over {m['grid_colours']} colours) / KSampler run",
             ms(m["grid_new_raw_colour_s"] + m["latent_node_s"]), f"{m['ksampler_empty_s']:.3g} s",
             m["ratio_grid_new_raw_colour"], "- (once per VAE and colour)", None),
+        Row("4. for scale: ComfyUI's VAE Decode of the sampled latent (every workflow's last step) / KSampler run",
+            ms(m["vae_decode_s"]), f"{m['ksampler_empty_s']:.3g} s", m["vae_decode_s"] / m["ksampler_empty_s"], "-", None),
     ]
     return rows, {k: v for k, v in m.items()}
 
