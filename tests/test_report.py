@@ -198,3 +198,18 @@ def test_reproduce_quick_writes_tables_and_plots(tmp_path, sd_path):
     for part in ("signal-leak bias", "Colour control", "style adaptation", "std ratio", "CIEDE2000"):
         assert part in text, part
     assert {"bias.png", "colors.png", "style.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_the_ring_width_experiment_runs_each_width_and_marks_the_rule(tmp_path):
+    """experiments/ring_width.py --quick on the embedded model: each ring width steers the images differently
+    (its patch of color.ring_width reaches the closed loop), and the table marks the width the rule gives."""
+    spec = importlib.util.spec_from_file_location("ring_width", ROOT / "experiments" / "ring_width.py")
+    ring_width = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ring_width)
+    out = tmp_path / "results"
+    assert ring_width.main(["--quick", "--sizes", "64", "--widths", "1,3", "--out", str(out)]) == 0
+    results = json.loads((out / "ring_width.json").read_text())["results"]["64"]
+    assert set(results) == {"1", "3"} and len(results["1"]["4 px"]["errors"]) == 4
+    assert results["1"]["4 px"]["errors"] != results["3"]["4 px"]["errors"]
+    rows = [line for line in (out / "ring_width.md").read_text().splitlines() if line.startswith("| 64 px")]
+    assert [("**rule**" in row) for row in rows] == [True, False]  # 16 x 16 latents: a ring 1 wide
