@@ -185,7 +185,8 @@ def main() -> int:
           f"({1e3 * m['grid_new_colour_max_s']:.2f} ms)")
     print(f"  nodes with a new colour, median over the colours / plain  {m['ratio_grid_new_colour']:.4f}")
     print(f"  a new raw colour (the 64 px encode), median            {1e3 * m['grid_new_raw_colour_s']:.2f} ms")
-    print(f"  nodes with a new raw colour (no Calibrate) / plain     {m['ratio_grid_new_raw_colour']:.4f}  (once per VAE and colour)")
+    print(f"  nodes with a new raw colour (no Calibrate) / plain     {m['ratio_grid_new_raw_colour']:.4f}  "
+          f"(once per VAE and colour)")
     print(f"  the solve against Gauss-Newton to its end: decoded colour within {m['grid_max_level_gap']:.0f} "
           f"8-bit levels, latent within {m['grid_max_z_gap']:.4f}")
     print(f"  closed loop ({m['steps']} shifts) / plain KSampler             {m['ratio_closed_loop']:.4f}")
