@@ -6,9 +6,9 @@
 Calibrated mode (leakstyle.color) holds the mean of the x0 prediction's border ring at the colour's latent at every
 step. The ring is `color.ring_width(h, w)` = round(min(h, w) / 16) latent pixels wide: 1 for the embedded model's
 16 x 16 latents (64 px images), 2 at 128 px. The sixteenth was chosen at 64 px only (issue 12, on
-COLOR_GRID[::2] x COLOR_PROMPTS[::2]); this runs the other prompts (COLOR_PROMPTS[1::2], prompt i with seed i) for
-all 16 colours of experiments/reproduce.py at each image size with each ring width, and reports the CIEDE2000
-between the requested colour and the image's border. The border is measured in two widths, a sixteenth of the side
+COLOR_GRID[::2] x COLOR_PROMPTS[::2]); this runs the other prompts (COLOR_PROMPTS[1::2], prompt i with seed i;
+`--prompts selection`: the half it was chosen on) for all 16 colours of experiments/reproduce.py at each image
+size with each ring width, and reports the CIEDE2000 between the requested colour and the image's border. The border is measured in two widths, a sixteenth of the side
 (4 px at 64, 8 px at 128: where the rule puts the ring) and a fixed 4 px, so that neither favours one ring. The
 embedded model was trained at 64 px; at 128 px it still draws an object on a background, larger than at 64 px.
 
@@ -99,11 +99,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--prompts", choices=["held-out", "selection"], default="held-out",
+                   help="COLOR_PROMPTS[1::2], not used when the width was chosen (default), or [::2], the half it was "
+                        "chosen on")
     p.add_argument("--quick", action="store_true", help="two colours, two prompts, 3 steps: checks that it runs")
     p.add_argument("--out", type=Path, default=None, help="default experiments/results (results/quick with --quick)")
     args = p.parse_args(argv)
     reproduce = reproduce_module()
-    colors, prompts = list(reproduce.COLOR_GRID), list(reproduce.COLOR_PROMPTS[1::2])
+    colors = list(reproduce.COLOR_GRID)
+    prompts = list(reproduce.COLOR_PROMPTS[1::2] if args.prompts == "held-out" else reproduce.COLOR_PROMPTS[::2])
     steps, n_boot = args.steps, args.n_boot
     if args.quick:
         colors, prompts, steps, n_boot = colors[:2], prompts[:2], 3, 50
@@ -116,8 +120,9 @@ def main(argv=None) -> int:
     results = run(pipe, sizes, widths, colors, prompts, steps, args.guidance, n_boot)
     minutes = (time.perf_counter() - started) / 60
     lines = ["# Calibrated colour's ring width at two sizes (embedded model)", "",
-             f"`python experiments/ring_width.py{' --quick' if args.quick else ''}`: {len(colors)} colours x "
-             f"{len(prompts)} prompts (prompt i with seed i: {', '.join(prompts)}), {steps} DDIM steps, guidance "
+             f"`python experiments/ring_width.py{' --quick' if args.quick else ''} --prompts {args.prompts}`: "
+             f"{len(colors)} colours x {len(prompts)} {args.prompts} prompts (prompt i with seed i: "
+             f"{', '.join(prompts)}), {steps} DDIM steps, guidance "
              f"{args.guidance:g}, calibrated mode at strength 1, {minutes:.0f} min on the CPU. The ring is what the "
              f"closed loop holds at the colour; the rule is `leakstyle.color.ring_width`, a sixteenth of the shorter "
              f"latent side. Medians over the {len(colors) * len(prompts)} images with 95% bootstrap intervals "
