@@ -8,9 +8,9 @@ step. The ring is `color.ring_width(h, w)` = round(min(h, w) / 16) latent pixels
 16 x 16 latents (64 px images), 2 at 128 px. The sixteenth was chosen at 64 px only (issue 12, on
 COLOR_GRID[::2] x COLOR_PROMPTS[::2]); this runs the other prompts (COLOR_PROMPTS[1::2], prompt i with seed i;
 `--prompts selection`: the half it was chosen on) for all 16 colours of experiments/reproduce.py at each image
-size with each ring width, and reports the CIEDE2000 between the requested colour and the image's border. The border is measured in two widths, a sixteenth of the side
-(4 px at 64, 8 px at 128: where the rule puts the ring) and a fixed 4 px, so that neither favours one ring. The
-embedded model was trained at 64 px; at 128 px it still draws an object on a background, larger than at 64 px.
+size with each ring width, and reports the CIEDE2000 between the requested colour and the image's border. The
+border is measured in two widths, a sixteenth of the side (4 px at 64, 8 px at 128: where the rule puts the ring)
+and a fixed 4 px, so that neither favours one ring. The embedded model was trained at 64 px; at 128 px it still draws an object on a background, larger than at 64 px.
 
 Writes ring_width.md and ring_width.json into --out.
 """
@@ -18,7 +18,6 @@ Writes ring_width.md and ring_width.json into --out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -32,17 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
+import reproduce  # noqa: E402  (COLOR_GRID, COLOR_PROMPTS)
 from leakstyle import color, metrics  # noqa: E402
+from leakstyle.leak import vae_factor  # noqa: E402
 from leakstyle.pipeline import load_pipeline  # noqa: E402
 from leakstyle.report import generate_set  # noqa: E402
-
-
-def reproduce_module():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def border_errors(images, requested: str, border: int) -> np.ndarray:
@@ -105,7 +100,6 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="two colours, two prompts, 3 steps: checks that it runs")
     p.add_argument("--out", type=Path, default=None, help="default experiments/results (results/quick with --quick)")
     args = p.parse_args(argv)
-    reproduce = reproduce_module()
     colors = list(reproduce.COLOR_GRID)
     prompts = list(reproduce.COLOR_PROMPTS[1::2] if args.prompts == "held-out" else reproduce.COLOR_PROMPTS[::2])
     steps, n_boot = args.steps, args.n_boot
@@ -115,7 +109,7 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     widths = [int(w) for w in args.widths.split(",")]
     pipe = load_pipeline(None, device="cpu")
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_factor(pipe)
     started = time.perf_counter()
     results = run(pipe, sizes, widths, colors, prompts, steps, args.guidance, n_boot)
     minutes = (time.perf_counter() - started) / 60
